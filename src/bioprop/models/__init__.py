@@ -1,0 +1,17 @@
+"""Model registry (``create_model``) and the architectures of the papers bioprop reproduces."""
+
+from . import feedforward  # noqa: F401  (registers mlp, convnet, spiking_mlp, spiking_convnet)
+from .base import MODELS, Edge, SpikeRecord, blocks_of, conv_out, count_parameters, create_model
+from .feedforward import FeedforwardNet, SpikingFeedforwardNet
+
+__all__ = [
+    "MODELS",
+    "Edge",
+    "SpikeRecord",
+    "blocks_of",
+    "conv_out",
+    "count_parameters",
+    "create_model",
+    "FeedforwardNet",
+    "SpikingFeedforwardNet",
+]

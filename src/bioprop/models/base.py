@@ -1,0 +1,115 @@
+"""Model registry and the facts a model declares so that no rule has to inspect code.
+
+Every model exposes ``blocks()``: its ordered block sequence (predictive coding, EKDAA and EMSTDP
+walk it). A spiking model additionally has ``is_spiking = True``, ``time_steps``, its neuron
+parameters ``neuron``, ``graph()`` (the connection graph, feedback edges included, as NIR export
+writes it) and ``run(x) -> (logits, record)`` where ``record`` holds per-layer spike counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Tuple
+
+import torch
+from torch import nn
+
+from ..config import Registry
+from ..neurons import NeuronParams
+
+__all__ = ["MODELS", "create_model", "count_parameters", "SpikeRecord", "Edge", "conv_out"]
+
+MODELS: Registry[nn.Module] = Registry("model")
+
+
+def create_model(name: str, config: Any = None, **kwargs: Any) -> nn.Module:
+    """Build a registered model: ``create_model("spiking_convnet", time_steps=4)``.
+
+    Unknown keyword arguments raise :class:`bioprop.config.ConfigError` naming the valid keys.
+    """
+    model = MODELS.create(name, config, **kwargs)
+    model.model_name = name  # type: ignore[attr-defined]
+    return model
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:
+    """Output length of a convolution/pooling along one axis (PyTorch's formula)."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+@dataclass
+class Edge:
+    """A connection of the graph: ``src -> dst`` through module ``via``; ``delay`` in time steps."""
+
+    src: str
+    dst: str
+    via: str
+    delay: int = 0
+    feedback: bool = False
+
+
+@dataclass
+class SpikeRecord:
+    """Per-layer spike statistics of one simulated batch (detached tensors on the model's device).
+
+    ``spikes[name]`` is the total spike count of layer ``name`` over batch and time,
+    ``neurons[name]`` its number of neurons per sample, ``time_steps`` and ``batch`` the sizes.
+    """
+
+    spikes: Dict[str, torch.Tensor] = field(default_factory=dict)
+    neurons: Dict[str, int] = field(default_factory=dict)
+    time_steps: int = 0
+    batch: int = 0
+
+    def add(self, name: str, s: torch.Tensor) -> None:
+        """Record spikes ``s[T, B, ...]`` of layer ``name``."""
+        self.spikes[name] = s.detach().sum()
+        self.neurons[name] = int(s[0, 0].numel())
+
+    def rates(self) -> Dict[str, torch.Tensor]:
+        """Mean firing rate (spikes per neuron per time step) of each layer."""
+        return {
+            k: v / float(self.neurons[k] * self.time_steps * self.batch) for k, v in self.spikes.items()
+        }
+
+    def stats(self) -> Dict[str, torch.Tensor]:
+        """Flat diagnostics: ``rate/<layer>`` and ``spikes_per_sample/<layer>``."""
+        out: Dict[str, torch.Tensor] = {}
+        for k, r in self.rates().items():
+            out[f"rate/{k}"] = r
+            out[f"spikes_per_sample/{k}"] = self.spikes[k] / float(self.batch)
+        return out
+
+
+def neuron_from(kind: str, threshold: float, leak: float, reset: str = "subtract",
+                detach_reset: bool = False) -> NeuronParams:
+    """NeuronParams for ``kind`` in {'lif', 'if'} (IF ignores ``leak``)."""
+    if kind not in ("lif", "if"):
+        raise ValueError(f"neuron must be 'lif' or 'if', got {kind!r}")
+    return NeuronParams(threshold=threshold, leak=1.0 if kind == "if" else leak, reset=reset,  # type: ignore[arg-type]
+                        detach_reset=detach_reset)
+
+
+def check_input(x: torch.Tensor, shape: Tuple[int, ...], model: str, allow_time: bool = False) -> bool:
+    """Check ``x`` is ``[B, *shape]`` (or ``[T, B, *shape]`` when ``allow_time``); return ``True``
+    when ``x`` carries a time axis. Raises a ``ValueError`` that names the expected shape."""
+    nd = len(shape)
+    if x.dim() == nd + 1 and tuple(x.shape[1:]) == tuple(shape):
+        return False
+    if allow_time and x.dim() == nd + 2 and tuple(x.shape[2:]) == tuple(shape):
+        return True
+    exp = f"[B, {', '.join(map(str, shape))}]" + (f" or [T, B, {', '.join(map(str, shape))}]" if allow_time else "")
+    raise ValueError(f"{model}: input of shape {list(x.shape)} does not match the expected {exp}")
+
+
+def blocks_of(model: nn.Module) -> List[nn.Module]:
+    """The declared block sequence of ``model`` (``model.blocks()``, or the children of a Sequential)."""
+    if hasattr(model, "blocks"):
+        return list(model.blocks())
+    if isinstance(model, nn.Sequential):
+        return list(model)
+    raise TypeError(f"{type(model).__name__} declares no block sequence (define blocks())")

@@ -1,0 +1,260 @@
+"""Feedforward MLPs and convnets, as ANNs (ReLU) and as spiking networks (LIF/IF).
+
+The ANN and the spiking version of each architecture share one block sequence: block ``i`` is
+the synapse (pooling, convolution or linear map, BatchNorm) that feeds neuron layer ``i``; the
+last block is the linear readout. In the ANN the neuron layer is a ReLU; in the spiking network
+it is an (L)IF population simulated for ``time_steps`` steps.
+
+Spiking simulation is layer by layer over the whole time axis (SpikingJelly's multi-step
+mode): block ``i`` is applied to all ``T x B`` spike maps in one call, then the neurons run their
+T steps. With a static (analog) input the first block is computed once and fed as a constant
+current every step (direct encoding); a time-first input ``[T, B, ...]`` is fed step by step. The
+logits are the time average of the readout's current, which for a linear readout is the
+readout of the average last-layer spike train.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Literal, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ..neurons import NeuronParams, lif_multistep, spike_fn
+from .base import MODELS, Edge, SpikeRecord, check_input, conv_out, neuron_from
+
+__all__ = ["FeedforwardNet", "SpikingFeedforwardNet", "MLPConfig", "ConvNetConfig",
+           "SpikingMLPConfig", "SpikingConvNetConfig"]
+
+
+@dataclass
+class MLPConfig:
+    in_shape: Tuple[int, ...] = (1, 28, 28)
+    hidden: List[int] = field(default_factory=lambda: [800, 800])
+    num_classes: int = 10
+    dropout: float = 0.0
+    batch_norm: bool = False
+
+
+@dataclass
+class SpikingMLPConfig(MLPConfig):
+    time_steps: int = 8
+    neuron: Literal["lif", "if"] = "lif"
+    threshold: float = 1.0
+    leak: float = 0.9
+    reset: Literal["subtract", "zero"] = "subtract"
+    detach_reset: bool = False
+    surrogate: str = "atan"
+    alpha: Optional[float] = None
+
+
+@dataclass
+class ConvNetConfig:
+    in_shape: Tuple[int, ...] = (1, 28, 28)
+    channels: List[int] = field(default_factory=lambda: [32, 64])
+    kernel: int = 3
+    pool: Literal["max", "avg"] = "max"
+    hidden: List[int] = field(default_factory=lambda: [256])
+    num_classes: int = 10
+    dropout: float = 0.0
+    batch_norm: bool = True
+
+
+@dataclass
+class SpikingConvNetConfig(ConvNetConfig):
+    time_steps: int = 4
+    neuron: Literal["lif", "if"] = "lif"
+    threshold: float = 1.0
+    leak: float = 0.5
+    reset: Literal["subtract", "zero"] = "subtract"
+    detach_reset: bool = False
+    surrogate: str = "atan"
+    alpha: Optional[float] = None
+
+
+def _mlp_blocks(c: MLPConfig) -> List[nn.Module]:
+    width = 1
+    for d in c.in_shape:
+        width *= d
+    blocks: List[nn.Module] = []
+    for i, h in enumerate(c.hidden):
+        layers: List[nn.Module] = [nn.Flatten()] if i == 0 else []
+        if i > 0 and c.dropout > 0:
+            layers.append(nn.Dropout(c.dropout))
+        layers.append(nn.Linear(width, h))
+        if c.batch_norm:
+            layers.append(nn.BatchNorm1d(h))
+        blocks.append(nn.Sequential(*layers))
+        width = h
+    head: List[nn.Module] = [nn.Flatten()] if not c.hidden else []
+    if c.hidden and c.dropout > 0:
+        head.append(nn.Dropout(c.dropout))
+    head.append(nn.Linear(width, c.num_classes))
+    blocks.append(nn.Sequential(*head))
+    return blocks
+
+
+def _convnet_blocks(c: ConvNetConfig) -> List[nn.Module]:
+    """conv(k, same padding) [+BN] -> neuron -> pool2, per entry of ``channels``; then the
+    hidden linear layers and the readout. Spatial sizes follow from the layer arithmetic."""
+    if len(c.in_shape) != 3:
+        raise ValueError(f"convnet needs in_shape (C, H, W), got {c.in_shape}")
+    ch, h, w = c.in_shape
+    blocks: List[nn.Module] = []
+    pool_cls = nn.MaxPool2d if c.pool == "max" else nn.AvgPool2d
+    for i, out in enumerate(c.channels):
+        layers: List[nn.Module] = []
+        if i > 0:
+            layers.append(pool_cls(2))
+            h, w = conv_out(h, 2, 2), conv_out(w, 2, 2)
+        layers.append(nn.Conv2d(ch, out, c.kernel, padding=c.kernel // 2, bias=not c.batch_norm))
+        h, w = conv_out(h, c.kernel, 1, c.kernel // 2), conv_out(w, c.kernel, 1, c.kernel // 2)
+        if c.batch_norm:
+            layers.append(nn.BatchNorm2d(out))
+        blocks.append(nn.Sequential(*layers))
+        ch = out
+    h, w = conv_out(h, 2, 2), conv_out(w, 2, 2)
+    width = ch * h * w
+    first = [pool_cls(2), nn.Flatten()]
+    for hid in c.hidden:
+        layers = list(first) + ([nn.Dropout(c.dropout)] if c.dropout > 0 else [])
+        layers.append(nn.Linear(width, hid))
+        blocks.append(nn.Sequential(*layers))
+        first, width = [], hid
+    head = list(first) + ([nn.Dropout(c.dropout)] if c.dropout > 0 else [])
+    head.append(nn.Linear(width, c.num_classes))
+    blocks.append(nn.Sequential(*head))
+    return blocks
+
+
+class FeedforwardNet(nn.Module):
+    """ANN: ``block_1 -> ReLU -> ... -> block_L`` (the last block is the readout)."""
+
+    is_spiking = False
+
+    def __init__(self, blocks: Sequence[nn.Module], in_shape: Tuple[int, ...]):
+        super().__init__()
+        self.in_shape = tuple(in_shape)
+        self.layers = nn.ModuleList(blocks)
+        self.act = nn.ReLU()
+
+    def blocks(self) -> List[nn.Module]:
+        """Ordered blocks ``f_l``: ``f_l = ReLU . block_l`` except the last (the readout)."""
+        out: List[nn.Module] = [nn.Sequential(b, nn.ReLU()) for b in self.layers[:-1]]
+        return out + [self.layers[-1]]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.in_shape, type(self).__name__)
+        for b in self.layers[:-1]:
+            x = self.act(b(x))
+        return self.layers[-1](x)
+
+
+class SpikingFeedforwardNet(nn.Module):
+    """Feedforward SNN: ``block_l -> (L)IF`` for each hidden layer, then a linear readout.
+
+    Input: static ``[B, *in_shape]`` (direct encoding: the same current every step) or a spike
+    train ``[T, B, *in_shape]``. Output: logits ``[B, classes]`` = time average of the readout.
+    Dropout, where configured, uses one mask for all time steps.
+    """
+
+    is_spiking = True
+
+    def __init__(self, blocks: Sequence[nn.Module], in_shape: Tuple[int, ...], time_steps: int,
+                 neuron: NeuronParams, surrogate: str = "atan", alpha: Optional[float] = None):
+        super().__init__()
+        if time_steps < 1:
+            raise ValueError(f"time_steps must be >= 1, got {time_steps}")
+        self.in_shape = tuple(in_shape)
+        self.layers = nn.ModuleList(blocks)
+        self.time_steps = int(time_steps)
+        self.neuron = neuron
+        self.surrogate = surrogate
+        self.alpha = alpha
+        self.spike = spike_fn(surrogate, alpha)
+
+    def blocks(self) -> List[nn.Module]:
+        return list(self.layers)
+
+    def layer_names(self) -> List[str]:
+        return [f"lif{i + 1}" for i in range(len(self.layers) - 1)]
+
+    def graph(self) -> List[Edge]:
+        names = ["input"] + self.layer_names() + ["output"]
+        return [Edge(names[i], names[i + 1], f"layers.{i}") for i in range(len(self.layers))]
+
+    def _apply_block(self, block: nn.Module, s: torch.Tensor) -> torch.Tensor:
+        """Apply ``block`` to every time step of ``s[T, B, ...]`` at once (one dropout mask for all T)."""
+        t, b = s.shape[:2]
+        mods = list(block) if isinstance(block, nn.Sequential) else [block]
+        flat = s.flatten(0, 1)
+        for m in mods:
+            if isinstance(m, nn.Dropout):
+                if m.training and m.p > 0:
+                    mask = torch.empty((b,) + flat.shape[1:], device=s.device, dtype=s.dtype).bernoulli_(1 - m.p)
+                    flat = (flat.unflatten(0, (t, b)) * (mask / (1 - m.p))).flatten(0, 1)
+            else:
+                flat = m(flat)
+        return flat.unflatten(0, (t, b))
+
+    def run(self, x: torch.Tensor) -> Tuple[torch.Tensor, SpikeRecord]:
+        """Simulate ``time_steps`` steps; return logits and the per-layer spike record."""
+        timed = check_input(x, self.in_shape, type(self).__name__, allow_time=True)
+        T = x.shape[0] if timed else self.time_steps
+        rec = SpikeRecord(time_steps=T, batch=x.shape[1] if timed else x.shape[0])
+        if timed:
+            cur = self._apply_block(self.layers[0], x)
+        else:
+            c0 = self._apply_block(self.layers[0], x.unsqueeze(0))
+            cur = c0.expand((T,) + c0.shape[1:])
+        for i, name in enumerate(self.layer_names()):
+            s, _ = lif_multistep(cur, self.neuron, self.spike)
+            rec.add(name, s)
+            if i + 1 < len(self.layers) - 1:
+                cur = self._apply_block(self.layers[i + 1], s)
+            else:
+                head = self.layers[-1]
+                if _is_linear(head):  # readout of the time-averaged spikes = time average of the readout
+                    return self._apply_block(head, s.mean(0, keepdim=True))[0], rec
+                return self._apply_block(head, s).mean(0), rec
+        # no hidden layer: the readout integrates the input directly
+        return cur.mean(0), rec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x)[0]
+
+
+_LINEAR = (nn.Linear, nn.Conv2d, nn.Flatten, nn.Dropout, nn.AvgPool2d, nn.Identity)
+
+
+def _is_linear(block: nn.Module) -> bool:
+    mods = list(block) if isinstance(block, nn.Sequential) else [block]
+    return all(isinstance(m, _LINEAR) for m in mods)
+
+
+def _spiking(blocks: List[nn.Module], c) -> SpikingFeedforwardNet:
+    return SpikingFeedforwardNet(
+        blocks, c.in_shape, c.time_steps, neuron_from(c.neuron, c.threshold, c.leak, c.reset, c.detach_reset),
+        c.surrogate, c.alpha,
+    )
+
+
+@MODELS.register("mlp", MLPConfig, "MLP with ReLU (default 784-800-800-10)")
+def mlp(c: MLPConfig) -> nn.Module:
+    return FeedforwardNet(_mlp_blocks(c), c.in_shape)
+
+
+@MODELS.register("convnet", ConvNetConfig, "convnet with ReLU: [conv3-BN-ReLU-pool2] x 2, FC 256, readout")
+def convnet(c: ConvNetConfig) -> nn.Module:
+    return FeedforwardNet(_convnet_blocks(c), c.in_shape)
+
+
+@MODELS.register("spiking_mlp", SpikingMLPConfig, "MLP of LIF/IF neurons (direct input encoding)")
+def spiking_mlp(c: SpikingMLPConfig) -> nn.Module:
+    return _spiking(_mlp_blocks(c), c)
+
+
+@MODELS.register("spiking_convnet", SpikingConvNetConfig, "convnet of LIF/IF neurons: [conv3-BN-LIF-pool2] x 2, FC 256-LIF, readout")
+def spiking_convnet(c: SpikingConvNetConfig) -> nn.Module:
+    return _spiking(_convnet_blocks(c), c)

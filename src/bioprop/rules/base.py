@@ -1,0 +1,123 @@
+"""The ``Rule`` contract: a credit-assignment rule fills ``p.grad``; everything after is plain PyTorch.
+
+A rule's life (DESIGN.md):
+
+- ``model = rule.prepare(model)`` once (swap layers, install implicit backward, check the model);
+- ``out = rule.step(model, x, y, loss_fn)`` per batch: forward pass and credit assignment. It
+  leaves a (pseudo-)gradient in ``.grad`` of every trainable parameter and returns a
+  :class:`StepOutput` (detached loss, logits, and a dict of scalar diagnostics);
+- ``rule.after_step(model)`` after ``optimizer.step()`` (re-signing, clamps, noisy updates);
+- ``rule.predict(model, x)`` the logits used for evaluation (no gradient);
+- ``rule.state_dict()`` / ``rule.load_state_dict()``: the rule's own state, its random generator
+  included, so that a resumed run is bit-identical.
+
+Rules never own or step the optimizer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Optional
+
+import torch
+from torch import nn
+
+from ..config import Registry
+
+__all__ = ["Rule", "StepOutput", "RULES", "create_rule", "LossFn"]
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class StepOutput:
+    """What ``Rule.step`` returns: detached ``loss`` and ``logits`` and scalar ``stats``.
+
+    ``stats`` values may be 0-dim tensors (kept on the device, so no synchronisation per step)
+    or Python floats; the trainer averages them over an epoch.
+    """
+
+    loss: torch.Tensor
+    logits: torch.Tensor
+    stats: Dict[str, Any] = field(default_factory=dict)
+
+
+class Rule:
+    """Base class of all rules. Subclasses set ``name`` and override ``step`` (and maybe more)."""
+
+    name: str = "rule"
+    #: whether the rule needs a spiking model (one with ``run`` and ``time_steps``)
+    requires_spiking: bool = False
+
+    def __init__(self, config: Any = None):
+        self.config = config
+        self.generator = torch.Generator()
+        self.generator.manual_seed(0)
+
+    # -- life cycle -------------------------------------------------------------------------
+    def seed(self, seed: int) -> None:
+        """Seed the rule's own random generator (noise, masks); called by the trainer."""
+        self.generator.manual_seed(int(seed))
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Prepare ``model`` for this rule (once, after it is on its device). Returns the model."""
+        if self.requires_spiking and not getattr(model, "is_spiking", False):
+            raise TypeError(
+                f"rule {self.name!r} trains spiking models; {type(model).__name__} is not one "
+                "(pick a spiking model, e.g. spiking_mlp or spiking_convnet, or rule 'bp')"
+            )
+        dev = _model_device(model)
+        if self.generator.device != dev:
+            state_seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+            self.generator = torch.Generator(device=dev)
+            self.generator.manual_seed(state_seed)
+        return model
+
+    def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Training-mode forward pass returning logits (autograd on)."""
+        return model(x)
+
+    def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
+             scaler: Optional["torch.amp.GradScaler"] = None) -> StepOutput:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Logits for evaluation."""
+        return model(x)
+
+    def after_step(self, model: nn.Module) -> None:
+        """Called after ``optimizer.step()``."""
+
+    # -- state ------------------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"].cpu() if hasattr(state["generator"], "cpu") else state["generator"])
+
+    # -- helpers ----------------------------------------------------------------------------
+    @staticmethod
+    def backward(loss: torch.Tensor, scaler: Optional["torch.amp.GradScaler"] = None) -> None:
+        """``loss.backward()``, scaled when an fp16 ``GradScaler`` is in use."""
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config!r})"
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+RULES: Registry[Rule] = Registry("rule")
+
+
+def create_rule(name: str, config: Any = None, **kwargs: Any) -> Rule:
+    """Build a registered rule by name: ``create_rule("bptt")``, ``create_rule("ide", solver="broyden")``.
+
+    Unknown keyword arguments raise :class:`bioprop.config.ConfigError` naming the valid keys.
+    """
+    return RULES.create(name, config, **kwargs)
