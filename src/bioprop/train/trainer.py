@@ -1,0 +1,422 @@
+"""The training loop: the same for every rule, since every rule only fills ``.grad``.
+
+Per epoch: train over the shuffled (and augmented) training split, calling ``rule.step`` then
+``optimizer.step`` then ``rule.after_step``; evaluate on the validation split (if carved) and
+the test split; append one line of metrics to ``metrics.jsonl`` and ``metrics.csv``; write an
+atomic checkpoint. ``resume`` continues a killed run from its last checkpoint with nothing lost:
+data order and augmentation are seeded by ``(seed, epoch)``, and all RNG, optimizer, scheduler
+and rule states are restored, so a resumed run ends bit-identical to an uninterrupted one on CPU.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ConfigError
+from ..data import create_dataset
+from ..models import count_parameters, create_model
+from ..rules import create_rule
+from ..rules.base import Rule
+from .checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from .config import RunConfig, ScheduleConfig
+
+__all__ = ["Trainer", "resolve_device", "build_optimizer", "build_scheduler", "evaluate", "environment"]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name!r} but CUDA is not available; use train.device=cpu")
+    return dev
+
+
+def build_optimizer(params, c) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if c.name == "sgd":
+        return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov,
+                               weight_decay=c.weight_decay)
+    if c.name == "adam":
+        return torch.optim.Adam(params, lr=c.lr, betas=tuple(c.betas), weight_decay=c.weight_decay)
+    return torch.optim.AdamW(params, lr=c.lr, betas=tuple(c.betas), weight_decay=c.weight_decay)
+
+
+def lr_factor(c: ScheduleConfig, step: int, steps_per_epoch: int, epochs: int, base_lr: float) -> float:
+    """Multiplier of the base LR at iteration ``step`` (0-based)."""
+    epoch = step / max(1, steps_per_epoch)
+    if c.name == "none":
+        f = 1.0
+    elif c.name == "step":
+        f = c.gamma ** int(epoch // max(1, c.step_size))
+    elif c.name == "multistep":
+        f = c.gamma ** sum(1 for m in c.milestones if int(epoch) >= m)
+    else:  # cosine
+        total = max(1, steps_per_epoch * epochs)
+        floor = c.min_lr / base_lr if base_lr > 0 else 0.0
+        f = floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+    if c.warmup_steps > 0 and step < c.warmup_steps:
+        f *= (step + 1) / c.warmup_steps
+    return f
+
+
+def build_scheduler(opt, c: ScheduleConfig, steps_per_epoch: int, epochs: int):
+    base = opt.param_groups[0]["lr"]
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: lr_factor(c, step, steps_per_epoch, epochs, base))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, rule: Rule, loader, loss_fn: Callable, amp_ctx=None) -> Dict[str, float]:
+    """Mean loss and top-1 accuracy of ``rule.predict`` over ``loader``."""
+    was_training = model.training
+    model.eval()
+    total, correct, loss_sum = 0, torch.zeros((), dtype=torch.long), torch.zeros(())
+    for x, y in loader:
+        with amp_ctx() if amp_ctx else _null():
+            logits = rule.predict(model, x)
+        loss_sum = loss_sum.to(logits.device) + loss_fn(logits.float(), y) * y.shape[0]
+        correct = correct.to(logits.device) + (logits.argmax(1) == y).sum()
+        total += y.shape[0]
+    model.train(was_training)
+    return {"loss": float(loss_sum) / max(1, total), "acc": float(correct) / max(1, total)}
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def _git_commit() -> Optional[str]:
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except Exception:
+        return None
+
+
+def environment(device: torch.device) -> Dict[str, Any]:
+    """What a result must record: device name, torch version, commit, date."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
+    return {"device": name, "torch": torch.__version__, "commit": _git_commit(),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": sys.version.split()[0]}
+
+
+class Trainer:
+    """Train ``config.model`` with ``config.rule`` on ``config.data``.
+
+    >>> from bioprop.train import Trainer, load_config
+    >>> trainer = Trainer(load_config(None, ["train.epochs=1"]))   # the packaged default
+    >>> result = trainer.fit()                                        # doctest: +SKIP
+    """
+
+    def __init__(self, config: Union[RunConfig, Dict[str, Any]], run_dir: Optional[Union[str, Path]] = None,
+                 resume: Union[bool, str, Path] = False, log: Callable[[str], None] = print):
+        self.config = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
+        c = self.config
+        self.log = log
+        self.device = resolve_device(c.train.device)
+        self.run_dir = self._run_dir(run_dir, resume)
+        self._seed_everything(c.train.seed)
+
+        data_kw = dict(c.data)
+        self.dataset = create_dataset(data_kw.pop("name"), **data_kw)
+        model_kw = dict(c.model)
+        self.model = create_model(model_kw.pop("name"), **model_kw).to(self.device)
+        rule_kw = dict(c.rule)
+        self.rule = create_rule(rule_kw.pop("name"), **rule_kw)
+        self.rule.seed(c.train.seed + 1)
+        self.model = self.rule.prepare(self.model)
+
+        self.steps_per_epoch = len(self.dataset.loader("train", self.device, seed=c.train.seed, epoch=0))
+        if c.train.max_steps_per_epoch:
+            self.steps_per_epoch = min(self.steps_per_epoch, c.train.max_steps_per_epoch)
+        self.optimizer = build_optimizer(self.model.parameters(), c.optim)
+        self.scheduler = build_scheduler(self.optimizer, c.schedule, self.steps_per_epoch, c.train.epochs)
+        self.scaler = torch.amp.GradScaler(self.device.type) if c.train.amp == "fp16" else None
+        self.loss_fn = lambda logits, y: F.cross_entropy(logits, y, label_smoothing=c.train.label_smoothing)
+        self.epoch = 0
+        self.global_step = 0
+        self.history: List[Dict[str, Any]] = []
+        self.env = environment(self.device)
+
+        ckpt = None
+        if resume:
+            ckpt = latest_checkpoint(resume if isinstance(resume, (str, Path)) and resume is not True
+                                     else self.run_dir)
+            if ckpt is None:
+                raise FileNotFoundError(
+                    f"--resume: no checkpoint found in {self.run_dir}; start without --resume")
+            self._restore(ckpt)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(_yaml(self.config.to_dict()))
+        if ckpt is not None:
+            self.log(f"resumed from {ckpt} (epoch {self.epoch}, step {self.global_step})")
+
+    # -- setup ------------------------------------------------------------------------------
+    def _run_dir(self, run_dir, resume) -> Path:
+        c = self.config.train
+        if run_dir is not None:
+            return Path(run_dir)
+        if isinstance(resume, (str, Path)) and resume is not True and not isinstance(resume, bool):
+            ck = Path(resume)
+            # .../run/checkpoints/epoch_0003 -> .../run ; .../run -> .../run
+            if (ck / "model.safetensors").is_file():
+                return ck.parent.parent
+            return ck.parent if ck.name == "checkpoints" else ck
+        base = Path(c.out_dir) / (c.name or "run")
+        if resume:
+            return base
+        path, i = base, 1
+        while path.exists() and any(path.iterdir()):
+            path = base.with_name(f"{base.name}-{i}")
+            i += 1
+        return path
+
+    @staticmethod
+    def _seed_everything(seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+
+    def _restore(self, ckpt: Path) -> None:
+        state = load_checkpoint(ckpt, self.model)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.rule.load_state_dict(state["rule"])
+        set_rng_state(state["rng"])
+        self.epoch = state["epoch"]
+        self.global_step = state["global_step"]
+        self.history = state["history"]
+
+    def _state(self) -> Dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "rule": self.rule.state_dict(),
+            "rng": rng_state(),
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "history": self.history,
+            "config": self.config.to_dict(),
+            "env": self.env,
+        }
+
+    def _amp(self):
+        amp = self.config.train.amp
+        if amp == "none":
+            return None
+        dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+        return lambda: torch.autocast(self.device.type, dtype=dtype)
+
+    def _progress(self) -> bool:
+        p = self.config.train.progress
+        if p is not None:
+            return p
+        return sys.stderr.isatty() and os.environ.get("CI", "").lower() not in ("true", "1")
+
+    # -- loop -------------------------------------------------------------------------------
+    def train_epoch(self) -> Dict[str, Any]:
+        c = self.config
+        model, rule, opt = self.model, self.rule, self.optimizer
+        model.train()
+        loader = self.dataset.loader("train", self.device, seed=c.train.seed, epoch=self.epoch)
+        amp = self._amp()
+        n_steps = self.steps_per_epoch
+        sums: Dict[str, torch.Tensor] = {}
+        seen, correct = 0, torch.zeros((), dtype=torch.long, device=self.device)
+        loss_sum = torch.zeros((), device=self.device)
+        bar = None
+        if self._progress():
+            from tqdm import tqdm
+
+            bar = tqdm(total=n_steps, desc=f"epoch {self.epoch + 1}/{c.train.epochs}", leave=False,
+                       dynamic_ncols=True)
+        t0 = time.perf_counter()
+        for i, (x, y) in enumerate(loader):
+            if i >= n_steps:
+                break
+            opt.zero_grad(set_to_none=True)
+            with amp() if amp else _null():
+                out = rule.step(model, x, y, self.loss_fn, self.scaler)
+            if not torch.isfinite(out.loss):
+                raise FloatingPointError(
+                    f"loss is {float(out.loss)} at epoch {self.epoch + 1}, step {i + 1}: lower optim.lr, "
+                    "set train.grad_clip, or check the data")
+            if self.scaler is not None:
+                self.scaler.unscale_(opt)
+            if c.train.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), c.train.grad_clip)
+            if self.scaler is not None:
+                self.scaler.step(opt)
+                self.scaler.update()
+            else:
+                opt.step()
+            rule.after_step(model)
+            self.scheduler.step()
+            self.global_step += 1
+            b = y.shape[0]
+            seen += b
+            loss_sum += out.loss.float() * b
+            correct += (out.logits.argmax(1) == y).sum()
+            for k, v in out.stats.items():
+                v = torch.as_tensor(v, dtype=torch.float32, device=self.device)
+                sums[k] = sums[k] + v if k in sums else v.clone()
+            if bar is not None:
+                bar.update(1)
+                if i % 20 == 0:
+                    bar.set_postfix(loss=f"{float(out.loss):.3f}")
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        dt = time.perf_counter() - t0
+        if bar is not None:
+            bar.close()
+        steps = min(n_steps, len(loader))
+        res: Dict[str, Any] = {
+            "train_loss": float(loss_sum) / max(1, seen),
+            "train_acc": float(correct) / max(1, seen),
+            "train_time_s": dt,
+            "train_images_per_s": seen / dt if dt > 0 else float("nan"),
+        }
+        res.update({f"train/{k}": float(v) / max(1, steps) for k, v in sums.items()})
+        return res
+
+    def evaluate(self, split: str = "test") -> Dict[str, float]:
+        loader = self.dataset.loader(split, self.device)
+        return evaluate(self.model, self.rule, loader, self.loss_fn, self._amp())
+
+    def fit(self) -> Dict[str, Any]:
+        """Train until ``train.epochs``; return the last epoch's metrics."""
+        c = self.config
+        self.log(self.describe())
+        has_val = self.dataset.val_x is not None if hasattr(self.dataset, "val_x") else False
+        while self.epoch < c.train.epochs:
+            row: Dict[str, Any] = {"epoch": self.epoch + 1, "step": self.global_step}
+            row["lr"] = self.optimizer.param_groups[0]["lr"]
+            row.update(self.train_epoch())
+            row["step"] = self.global_step
+            last = self.epoch + 1 == c.train.epochs
+            if last or (self.epoch + 1) % max(1, c.train.eval_every) == 0:
+                if has_val:
+                    row.update({f"val_{k}": v for k, v in self.evaluate("val").items()})
+                row.update({f"test_{k}": v for k, v in self.evaluate("test").items()})
+            self.epoch += 1
+            self.history.append(row)
+            self._write_metrics(row)
+            self.log(self._summary(row))
+            if last or self.epoch % max(1, c.train.checkpoint_every) == 0:
+                save_checkpoint(self.run_dir / "checkpoints", self.epoch, self.model, self._state(),
+                                keep=c.train.keep_checkpoints)
+        final = dict(self.history[-1]) if self.history else {}
+        final["run_dir"] = str(self.run_dir)
+        return final
+
+    # -- output -----------------------------------------------------------------------------
+    def describe(self) -> str:
+        c = self.config
+        shortened = " (SHORTENED: max_steps_per_epoch)" if c.train.max_steps_per_epoch else ""
+        return (f"bioprop: model={c.model['name']} ({count_parameters(self.model):,} params) "
+                f"rule={c.rule['name']} data={self.dataset.describe()} device={self.env['device']} "
+                f"epochs={c.train.epochs} seed={c.train.seed}{shortened}\nrun dir: {self.run_dir}")
+
+    def _summary(self, row: Dict[str, Any]) -> str:
+        parts = [f"epoch {row['epoch']}/{self.config.train.epochs}",
+                 f"loss {row['train_loss']:.4f}", f"train acc {100 * row['train_acc']:.2f}%"]
+        if "val_acc" in row:
+            parts.append(f"val acc {100 * row['val_acc']:.2f}%")
+        if "test_acc" in row:
+            parts.append(f"test acc {100 * row['test_acc']:.2f}%")
+        parts.append(f"{row['train_images_per_s']:.0f} img/s")
+        parts.append(f"{row['train_time_s']:.1f}s")
+        return " | ".join(parts)
+
+    def _write_metrics(self, row: Dict[str, Any]) -> None:
+        """Rewrite ``metrics.jsonl`` and ``metrics.csv`` from the history (atomically), so a
+        resumed run never duplicates an epoch that was logged but not checkpointed."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        seed = self.config.train.seed
+        tmp = self.run_dir / "metrics.jsonl.tmp"
+        tmp.write_text("".join(json.dumps({**r, "seed": seed}) + "\n" for r in self.history))
+        os.replace(tmp, self.run_dir / "metrics.jsonl")
+        keys: List[str] = []
+        for r in self.history:
+            keys.extend(k for k in r if k not in keys)
+        tmp = self.run_dir / "metrics.csv.tmp"
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            for r in self.history:
+                w.writerow(r)
+        os.replace(tmp, self.run_dir / "metrics.csv")
+
+
+def _yaml(d: Dict[str, Any]) -> str:
+    import yaml
+
+    def plain(o):
+        if isinstance(o, tuple):
+            return [plain(v) for v in o]
+        if isinstance(o, list):
+            return [plain(v) for v in o]
+        if isinstance(o, dict):
+            return {k: plain(v) for k, v in o.items()}
+        return o
+
+    return yaml.safe_dump(plain(d), sort_keys=False)
+
+
+def evaluate_checkpoint(path: Union[str, Path], split: str = "test", device: str = "auto",
+                        overrides: Optional[List[str]] = None) -> Dict[str, Any]:
+    """Rebuild the run stored in checkpoint ``path`` (a checkpoint, or a run directory) and
+    evaluate it on ``split``. ``overrides`` (``data.data_dir=...``) adjust the stored config."""
+    from .config import apply_overrides
+
+    ckpt = latest_checkpoint(path)
+    if ckpt is None:
+        raise FileNotFoundError(f"{path}: no bioprop checkpoint found (expected a run directory or a "
+                                "checkpoints/epoch_NNNN directory)")
+    state = load_checkpoint(ckpt)
+    raw = apply_overrides(state["config"], list(overrides or []) + [f"train.device={device}"])
+    config = RunConfig.from_dict(raw)
+    dev = resolve_device(config.train.device)
+    data_kw = dict(config.data)
+    dataset = create_dataset(data_kw.pop("name"), **data_kw)
+    model_kw = dict(config.model)
+    model = create_model(model_kw.pop("name"), **model_kw).to(dev)
+    rule_kw = dict(config.rule)
+    rule = create_rule(rule_kw.pop("name"), **rule_kw)
+    model = rule.prepare(model)
+    from .checkpoint import load_weights
+
+    load_weights(model, ckpt)
+    loss_fn = lambda logits, y: F.cross_entropy(logits, y)  # noqa: E731
+    res = evaluate(model, rule, dataset.loader(split, dev), loss_fn)
+    return {"checkpoint": str(ckpt), "split": split, "epoch": state["epoch"], **res, **environment(dev)}
