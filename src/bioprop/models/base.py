@@ -62,6 +62,7 @@ class SpikeRecord:
 
     spikes: Dict[str, torch.Tensor] = field(default_factory=dict)
     neurons: Dict[str, int] = field(default_factory=dict)
+    synops: Dict[str, torch.Tensor] = field(default_factory=dict)
     time_steps: int = 0
     batch: int = 0
 
@@ -77,11 +78,15 @@ class SpikeRecord:
         }
 
     def stats(self) -> Dict[str, torch.Tensor]:
-        """Flat diagnostics: ``rate/<layer>`` and ``spikes_per_sample/<layer>``."""
+        """Flat diagnostics: ``rate/<layer>``, ``spikes_per_sample/<layer>`` and
+        ``synops_per_sample/<synapse>`` (synaptic events driven by spikes, see
+        :func:`bioprop.metrics.synaptic_operations`)."""
         out: Dict[str, torch.Tensor] = {}
         for k, r in self.rates().items():
             out[f"rate/{k}"] = r
             out[f"spikes_per_sample/{k}"] = self.spikes[k] / float(self.batch)
+        for k, v in self.synops.items():
+            out[f"synops_per_sample/{k}"] = v / float(self.batch)
         return out
 
 

@@ -21,6 +21,7 @@ from typing import List, Literal, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from ..metrics import synaptic_operations
 from ..neurons import NeuronParams, lif_multistep, spike_fn
 from .base import MODELS, Edge, SpikeRecord, check_input, conv_out, neuron_from
 
@@ -184,12 +185,18 @@ class SpikingFeedforwardNet(nn.Module):
         names = ["input"] + self.layer_names() + ["output"]
         return [Edge(names[i], names[i + 1], f"layers.{i}") for i in range(len(self.layers))]
 
-    def _apply_block(self, block: nn.Module, s: torch.Tensor) -> torch.Tensor:
-        """Apply ``block`` to every time step of ``s[T, B, ...]`` at once (one dropout mask for all T)."""
+    def _apply_block(self, block: nn.Module, s: torch.Tensor, rec: Optional[SpikeRecord] = None,
+                     name: str = "") -> torch.Tensor:
+        """Apply ``block`` to every time step of ``s[T, B, ...]`` at once (one dropout mask for all T).
+
+        With ``rec``, the synaptic operations of the block's weight layer are recorded under ``name``
+        (``s`` must then be spikes; with a time-averaged input pass ``rec=None``)."""
         t, b = s.shape[:2]
         mods = list(block) if isinstance(block, nn.Sequential) else [block]
         flat = s.flatten(0, 1)
         for m in mods:
+            if rec is not None and isinstance(m, (nn.Linear, nn.Conv2d)):
+                rec.synops[name] = synaptic_operations(m, (flat != 0).to(flat.dtype))
             if isinstance(m, nn.Dropout):
                 if m.training and m.p > 0:
                     mask = torch.empty((b,) + flat.shape[1:], device=s.device, dtype=s.dtype).bernoulli_(1 - m.p)
@@ -212,14 +219,27 @@ class SpikingFeedforwardNet(nn.Module):
             s, _ = lif_multistep(cur, self.neuron, self.spike)
             rec.add(name, s)
             if i + 1 < len(self.layers) - 1:
-                cur = self._apply_block(self.layers[i + 1], s)
+                cur = self._apply_block(self.layers[i + 1], s, rec, f"layers.{i + 1}")
             else:
                 head = self.layers[-1]
                 if _is_linear(head):  # readout of the time-averaged spikes = time average of the readout
-                    return self._apply_block(head, s.mean(0, keepdim=True))[0], rec
-                return self._apply_block(head, s).mean(0), rec
+                    out = self._apply_block(head, s.mean(0, keepdim=True))[0]
+                    self._count_head(head, s, rec)
+                    return out, rec
+                return self._apply_block(head, s, rec, f"layers.{len(self.layers) - 1}").mean(0), rec
         # no hidden layer: the readout integrates the input directly
         return cur.mean(0), rec
+
+    def _count_head(self, head: nn.Module, s: torch.Tensor, rec: SpikeRecord) -> None:
+        """SynOps of a linear readout applied to the average rate (not simulated per step)."""
+        mods = list(head) if isinstance(head, nn.Sequential) else [head]
+        x = s.detach().flatten(0, 1)
+        for m in mods:
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                rec.synops[f"layers.{len(self.layers) - 1}"] = synaptic_operations(m, x)
+                return
+            if not isinstance(m, nn.Dropout):
+                x = m(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.run(x)[0]
