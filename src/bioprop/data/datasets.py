@@ -1,0 +1,298 @@
+"""Dataset registry: ``create_dataset(name, **config)``.
+
+Files are looked up in this order: ``data_dir`` (``--data-dir``), ``$BIOPROP_DATA``, and for
+Fashion-MNIST Debian's ``/usr/share/datasets/fashion-mnist`` (package ``dataset-fashion-mnist``).
+Inside a directory the usual layouts are recognised: the files themselves, a dataset subfolder
+(``mnist/``, ``fashion-mnist/``, ``fashion_mnist/``, ``cifar-10-batches-py/``,
+``cifar-100-python/``) and torchvision's ``MNIST/raw/``, ``FashionMNIST/raw/``. Nothing is
+downloaded unless ``download=True``, which uses torchvision (when installed) into ``data_dir``.
+
+``mnist_embedded`` is shipped inside the package: the first 20,000 training images and the first
+2,000 test images of MNIST, in the standard gzipped IDX format (``bioprop/data/embedded/``,
+written by ``tools/make_embedded_mnist.py``). It is the default of the main job and of the tests.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..config import Registry
+from .formats import DataError, read_cifar_batch, read_idx
+from .loader import TensorLoader, epoch_generator
+
+__all__ = ["DATASETS", "DataConfig", "Dataset", "create_dataset", "EMBEDDED_DIR", "search_dirs"]
+
+EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded"
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and how it is served.
+
+    ``augment``: ``None`` = the dataset's standard (random crop 4 + flip for CIFAR, none for the
+    MNIST family); ``crop_padding`` / ``flip`` override its parts. ``val_fraction`` carves a
+    validation split from the training set (a fixed permutation seeded by ``split_seed``) so that
+    a figure need not be selected on the test set. ``train_limit`` keeps the first N training
+    samples (smoke runs).
+    """
+
+    data_dir: Optional[str] = None
+    download: bool = False
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    val_fraction: float = 0.0
+    split_seed: int = 0
+    augment: Optional[bool] = None
+    crop_padding: Optional[int] = None
+    flip: Optional[bool] = None
+    train_limit: Optional[int] = None
+    normalize: bool = True
+    drop_last: bool = False
+
+
+@dataclass
+class Dataset:
+    """A small dataset held as uint8 tensors ``[N, C, H, W]`` with int64 labels."""
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    config: DataConfig = field(default_factory=DataConfig)
+    val_x: Optional[torch.Tensor] = None
+    val_y: Optional[torch.Tensor] = None
+    crop_padding: int = 0
+    flip: bool = False
+    _cache: Dict[Tuple[str, str], Tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
+
+    @property
+    def in_shape(self) -> Tuple[int, ...]:
+        return tuple(self.train_x.shape[1:])
+
+    def describe(self) -> str:
+        val = f" / {len(self.val_y)} val" if self.val_y is not None else ""
+        aug = []
+        if self.crop_padding:
+            aug.append(f"crop {self.crop_padding}")
+        if self.flip:
+            aug.append("flip")
+        return (f"{self.name} ({len(self.train_y)} train{val} / {len(self.test_y)} test, "
+                f"{'x'.join(map(str, self.in_shape))}, {self.num_classes} classes"
+                f"{', augment: ' + ' + '.join(aug) if aug else ''})")
+
+    def split(self, split: str) -> Tuple[torch.Tensor, torch.Tensor]:
+        if split == "train":
+            return self.train_x, self.train_y
+        if split == "test":
+            return self.test_x, self.test_y
+        if split == "val":
+            if self.val_x is None or self.val_y is None:
+                raise ValueError(f"{self.name}: no validation split; set data.val_fraction > 0")
+            return self.val_x, self.val_y
+        raise ValueError(f"unknown split {split!r}; choose train, val or test")
+
+    def loader(self, split: str, device, batch_size: Optional[int] = None, shuffle: Optional[bool] = None,
+               seed: int = 0, epoch: int = 0, generator: Optional[torch.Generator] = None) -> TensorLoader:
+        """Batches of ``split`` on ``device``. Training batches are shuffled and augmented with a
+        generator seeded by ``(seed, epoch)``; evaluation batches are neither."""
+        device = torch.device(device)
+        key = (split, str(device))
+        if key not in self._cache:
+            x, y = self.split(split)
+            self._cache[key] = (x.to(device), y.to(device))
+        x, y = self._cache[key]
+        train = split == "train"
+        shuffle = train if shuffle is None else shuffle
+        if generator is None and (shuffle or train):
+            generator = epoch_generator(seed, epoch, device)
+        bs = batch_size or (self.config.batch_size if train else self.config.eval_batch_size)
+        return TensorLoader(x, y, bs, self.mean, self.std, shuffle=shuffle,
+                            padding=self.crop_padding if train else 0, flip=self.flip if train else False,
+                            generator=generator, drop_last=self.config.drop_last if train else False,
+                            normalize=self.config.normalize)
+
+
+DATASETS: Registry[Dataset] = Registry("dataset")
+
+
+def create_dataset(name: str, config: Optional[DataConfig] = None, **kwargs) -> Dataset:
+    """Load a registered dataset: ``create_dataset("cifar10", data_dir="~/data", batch_size=128)``."""
+    return DATASETS.create(name, config, **kwargs)
+
+
+def search_dirs(c: DataConfig, extra: Sequence[Path] = ()) -> List[Path]:
+    dirs: List[Path] = []
+    if c.data_dir:
+        dirs.append(Path(c.data_dir).expanduser())
+    env = os.environ.get("BIOPROP_DATA")
+    if env:
+        dirs.append(Path(env).expanduser())
+    dirs.extend(extra)
+    return dirs
+
+
+def _find(c: DataConfig, names: Sequence[str], subdirs: Sequence[str], what: str,
+          extra: Sequence[Path] = (), how: str = "") -> List[Path]:
+    """Find the directory holding all ``names`` (each possibly ``.gz``); return their paths."""
+    dirs = search_dirs(c, extra)
+    tried = []
+    for d in dirs:
+        for sub in ("",) + tuple(subdirs):
+            base = d / sub if sub else d
+            tried.append(base)
+            found = []
+            for n in names:
+                for cand in (base / n, base / f"{n}.gz"):
+                    if cand.is_file():
+                        found.append(cand)
+                        break
+            if len(found) == len(names):
+                return found
+    where = ", ".join(str(t) for t in tried) if tried else "nowhere (no data_dir, $BIOPROP_DATA unset)"
+    raise DataError(
+        f"{what}: files {', '.join(names)} (or .gz) not found; looked in {where}. Put them in a directory "
+        f"and pass --data-dir DIR (or data.data_dir=DIR, or set BIOPROP_DATA=DIR){how}, or set "
+        "data.download=true to fetch them with torchvision.")
+
+
+def _download(name: str, c: DataConfig) -> None:
+    if not c.data_dir:
+        raise DataError(f"{name}: data.download=true needs data.data_dir (where to put the files)")
+    try:
+        import torchvision.datasets as tvd  # type: ignore
+    except ImportError:
+        raise DataError(f"{name}: data.download=true needs torchvision (pip install torchvision), "
+                        f"or place the files in {c.data_dir} yourself") from None
+    cls = {"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10,
+           "cifar100": tvd.CIFAR100}[name]
+    root = str(Path(c.data_dir).expanduser())
+    for train in (True, False):
+        cls(root, train=train, download=True)
+
+
+def _carve(ds: Dataset, c: DataConfig) -> Dataset:
+    if c.train_limit is not None:
+        if c.train_limit < 1:
+            raise ValueError(f"data.train_limit must be >= 1, got {c.train_limit}")
+        ds.train_x, ds.train_y = ds.train_x[: c.train_limit], ds.train_y[: c.train_limit]
+    if c.val_fraction:
+        if not 0 < c.val_fraction < 1:
+            raise ValueError(f"data.val_fraction must be in [0, 1), got {c.val_fraction}")
+        n = len(ds.train_y)
+        n_val = max(1, int(round(n * c.val_fraction)))
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(c.split_seed))
+        val, train = perm[:n_val].sort().values, perm[n_val:].sort().values
+        ds.val_x, ds.val_y = ds.train_x[val], ds.train_y[val]
+        ds.train_x, ds.train_y = ds.train_x[train], ds.train_y[train]
+    return ds
+
+
+def _augmentation(c: DataConfig, standard_pad: int, standard_flip: bool) -> Tuple[int, bool]:
+    on = c.augment if c.augment is not None else True
+    pad = (standard_pad if on else 0) if c.crop_padding is None else c.crop_padding
+    flip = (standard_flip if on else False) if c.flip is None else c.flip
+    return int(pad), bool(flip)
+
+
+def _idx_dataset(name: str, files: Sequence[Path], c: DataConfig, mean: float, std: float,
+                 classes: int = 10) -> Dataset:
+    arrays = []
+    for f in files:
+        arrays.append(read_idx(f, expect_ndim=3 if "images" in f.name else 1))
+    (trx, try_, tex, tey) = arrays
+    for xs, ys, fx in ((trx, try_, files[0]), (tex, tey, files[2])):
+        if len(xs) != len(ys):
+            raise DataError(f"{fx}: {len(xs)} images but {len(ys)} labels in the matching label file")
+    pad, flip = _augmentation(c, 0, False)
+    ds = Dataset(name, torch.from_numpy(trx.copy()).unsqueeze(1), torch.from_numpy(try_.astype(np.int64)),
+                 torch.from_numpy(tex.copy()).unsqueeze(1), torch.from_numpy(tey.astype(np.int64)),
+                 classes, (mean,), (std,), c, crop_padding=pad, flip=flip)
+    return _carve(ds, c)
+
+
+_IDX_NAMES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+              "t10k-labels-idx1-ubyte"]
+
+
+def _mnist_like(name: str, c: DataConfig, subdirs: Sequence[str], mean: float, std: float,
+                extra: Sequence[Path] = (), how: str = "") -> Dataset:
+    try:
+        files = _find(c, _IDX_NAMES, subdirs, name, extra, how)
+    except DataError:
+        if not c.download:
+            raise
+        _download(name, c)
+        files = _find(c, _IDX_NAMES, subdirs, name, extra, how)
+    return _idx_dataset(name, files, c, mean, std)
+
+
+@DATASETS.register("mnist", DataConfig, "MNIST (IDX files, 60,000 / 10,000, 1x28x28)")
+def _mnist(c: DataConfig) -> Dataset:
+    return _mnist_like("mnist", c, ["mnist", "MNIST/raw", "MNIST"], 0.1307, 0.3081)
+
+
+@DATASETS.register("fashion_mnist", DataConfig,
+                   "Fashion-MNIST (IDX files; also found in /usr/share/datasets/fashion-mnist)")
+def _fashion(c: DataConfig) -> Dataset:
+    return _mnist_like("fashion_mnist", c, ["fashion-mnist", "fashion_mnist", "FashionMNIST/raw", "FashionMNIST"],
+                       0.2860, 0.3530, extra=[DEBIAN_FASHION_MNIST],
+                       how=" or install Debian's dataset-fashion-mnist")
+
+
+@DATASETS.register("mnist_embedded", DataConfig,
+                   "MNIST subset shipped in the package: first 20,000 train / first 2,000 test images")
+def _embedded(c: DataConfig) -> Dataset:
+    if c.data_dir or c.download:
+        raise DataError("mnist_embedded is shipped inside the package: data_dir and download do not apply")
+    files = [EMBEDDED_DIR / f"{n}.gz" for n in _IDX_NAMES]
+    for f in files:
+        if not f.is_file():
+            raise DataError(f"{f}: the embedded MNIST subset is missing from the installed package; "
+                            "reinstall bioprop (or run tools/make_embedded_mnist.py in a source checkout)")
+    return _idx_dataset("mnist_embedded", files, c, 0.1307, 0.3081)
+
+
+def _cifar(name: str, c: DataConfig, folder: str, train_files: Sequence[str], test_file: str,
+           label_key: str, classes: int, mean, std) -> Dataset:
+    names = list(train_files) + [test_file]
+    try:
+        files = _find(c, names, [folder], name)
+    except DataError:
+        if not c.download:
+            raise
+        _download(name, c)
+        files = _find(c, names, [folder], name)
+    parts = [read_cifar_batch(f, label_key) for f in files]
+    trx = np.concatenate([p[0] for p in parts[:-1]])
+    try_ = np.concatenate([p[1] for p in parts[:-1]])
+    tex, tey = parts[-1]
+    for f, (_, y) in zip(files, parts):
+        if y.min() < 0 or y.max() >= classes:
+            raise DataError(f"{f}: labels outside 0..{classes - 1}")
+    pad, flip = _augmentation(c, 4, True)
+    ds = Dataset(name, torch.from_numpy(trx), torch.from_numpy(try_), torch.from_numpy(tex),
+                 torch.from_numpy(tey), classes, tuple(mean), tuple(std), c, crop_padding=pad, flip=flip)
+    return _carve(ds, c)
+
+
+@DATASETS.register("cifar10", DataConfig, "CIFAR-10 (python batches, 50,000 / 10,000, 3x32x32; crop 4 + flip)")
+def _cifar10(c: DataConfig) -> Dataset:
+    return _cifar("cifar10", c, "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch",
+                  "labels", 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+
+
+@DATASETS.register("cifar100", DataConfig, "CIFAR-100 (python batches, fine labels; crop 4 + flip)")
+def _cifar100(c: DataConfig) -> Dataset:
+    return _cifar("cifar100", c, "cifar-100-python", ["train"], "test", "fine_labels", 100,
+                  (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))

@@ -1,0 +1,108 @@
+"""Readers of the standard on-disk dataset formats, with errors that name the file.
+
+- **IDX** (MNIST, Fashion-MNIST; LeCun's format): a big-endian header ``0x00 0x00 TYPE NDIM``
+  (magic ``0x00000803`` for uint8 images of 3 dims, ``0x00000801`` for uint8 labels of 1 dim),
+  then ``NDIM`` big-endian uint32 sizes, then the uint8 data. Read gzipped (``.gz``) or plain.
+- **CIFAR python batches** (``cifar-10-batches-py/data_batch_1..5, test_batch``;
+  ``cifar-100-python/train, test``): pickled dicts with ``data`` of shape ``(N, 3072)`` uint8,
+  channel-major (R plane, G plane, B plane of 32x32), and ``labels`` (CIFAR-10) or
+  ``fine_labels`` (CIFAR-100). Keys are bytes when the official files are unpickled with
+  ``encoding="bytes"`` and str otherwise; both are accepted.
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import zlib
+from pathlib import Path
+from typing import Tuple, Union
+
+import numpy as np
+
+__all__ = ["DataError", "read_idx", "write_idx", "read_cifar_batch"]
+
+
+class DataError(ValueError):
+    """A dataset file is missing, truncated or corrupt; the message names the file and the fix."""
+
+
+_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+              0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+
+
+def _read_bytes(path: Path) -> bytes:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: not a valid gzip file ({e}); the file is corrupt or truncated: "
+                        "delete it and download it again") from None
+
+
+def read_idx(path: Union[str, Path], expect_ndim: int | None = None) -> np.ndarray:
+    """Read an IDX file (gzipped or not) into a numpy array of its stored shape and type."""
+    path = Path(path)
+    raw = _read_bytes(path)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
+        raise DataError(f"{path}: not an IDX file (bad magic number {raw[:4].hex() or 'empty'}; "
+                        "expected 0000080N): the file is corrupt or of another format")
+    ndim = raw[3]
+    if expect_ndim is not None and ndim != expect_ndim:
+        kind = {1: "labels (idx1)", 3: "images (idx3)"}.get(expect_ndim, f"{expect_ndim}-dim data")
+        raise DataError(f"{path}: IDX file has {ndim} dimensions, expected {kind}")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: truncated IDX header")
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    dtype = np.dtype(_IDX_TYPES[raw[2]])
+    need = int(np.prod(dims)) * dtype.itemsize
+    have = len(raw) - header
+    if have != need:
+        what = "truncated" if have < need else "oversized"
+        raise DataError(f"{path}: {what} IDX file: header says {'x'.join(map(str, dims))} = {need} bytes of "
+                        f"data, found {have}; delete it and download it again")
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def write_idx(path: Union[str, Path], array: np.ndarray, compresslevel: int = 9) -> None:
+    """Write a uint8 array as an IDX file (gzipped when ``path`` ends in ``.gz``, with mtime 0 so
+    the bytes are reproducible)."""
+    path = Path(path)
+    a = np.ascontiguousarray(array, dtype=np.uint8)
+    data = bytes([0, 0, 0x08, a.ndim]) + np.asarray(a.shape, dtype=">u4").tobytes() + a.tobytes()
+    if path.suffix == ".gz":
+        with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=compresslevel,
+                                                    mtime=0, filename="") as f:
+            f.write(data)
+    else:
+        path.write_bytes(data)
+
+
+def read_cifar_batch(path: Union[str, Path], label_key: str = "labels") -> Tuple[np.ndarray, np.ndarray]:
+    """Read one CIFAR python batch: images ``(N, 3, 32, 32)`` uint8 and labels ``(N,)`` int64."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        with open(path, "rb") as f:
+            d = pickle.load(f, encoding="latin1")
+    except Exception as e:  # truncated or not a pickle
+        raise DataError(f"{path}: cannot be unpickled ({type(e).__name__}: {e}); the file is corrupt or "
+                        "truncated: delete it and download it again") from None
+    if not isinstance(d, dict):
+        raise DataError(f"{path}: expected a pickled dict (CIFAR python batch), got {type(d).__name__}")
+    d = {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in d.items()}
+    if "data" not in d or label_key not in d:
+        raise DataError(f"{path}: CIFAR batch without 'data' and {label_key!r} (keys: {sorted(d)})")
+    data = np.asarray(d["data"], dtype=np.uint8)
+    labels = np.asarray(d[label_key], dtype=np.int64)
+    if data.ndim != 2 or data.shape[1] != 3072:
+        raise DataError(f"{path}: 'data' has shape {data.shape}, expected (N, 3072)")
+    if len(labels) != len(data):
+        raise DataError(f"{path}: {len(data)} images but {len(labels)} labels")
+    return data.reshape(-1, 3, 32, 32), labels

@@ -1,0 +1,88 @@
+"""Device-resident batches with on-device augmentation: no DataLoader workers in the hot path.
+
+A split is moved to the training device once, as uint8; every batch is indexed, converted to
+float, augmented and normalised there. Shuffling and augmentation draw from a generator seeded by
+``(seed, epoch)``, so an epoch's batches are a pure function of the seed and the epoch number,
+which is what makes a resumed run bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["TensorLoader", "augment_batch", "epoch_generator"]
+
+
+def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
+    """The generator for epoch ``epoch`` of a run seeded with ``seed`` (on ``device``)."""
+    g = torch.Generator(device=device)
+    g.manual_seed((int(seed) * 1_000_003 + int(epoch) * 7919 + 12345) % (2**63 - 1))
+    return g
+
+
+def augment_batch(x: torch.Tensor, padding: int = 0, flip: bool = False,
+                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Per-sample random crop with zero padding and random horizontal flip of ``x[B, C, H, W]``.
+
+    Crop: ``x`` is zero-padded by ``padding`` on each side and a window of the original size is
+    taken at an offset drawn uniformly from ``{0..2 padding}^2`` for each sample, in one gather.
+    Flip: each sample is mirrored left-right with probability 1/2.
+    """
+    if padding <= 0 and not flip:
+        return x
+    b, c, h, w = x.shape
+    dev = x.device
+    if padding > 0:
+        xp = F.pad(x, (padding, padding, padding, padding))
+        oy = torch.randint(0, 2 * padding + 1, (b,), device=dev, generator=generator)
+        ox = torch.randint(0, 2 * padding + 1, (b,), device=dev, generator=generator)
+        rows = (oy[:, None] + torch.arange(h, device=dev))[:, None, :, None]
+        cols = (ox[:, None] + torch.arange(w, device=dev))[:, None, None, :]
+        x = xp[torch.arange(b, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None],
+               rows, cols]
+    if flip:
+        f = torch.rand(b, device=dev, generator=generator) < 0.5
+        x = torch.where(f[:, None, None, None], x.flip(3), x)
+    return x
+
+
+class TensorLoader:
+    """Iterate ``(x float32 normalised [B, C, H, W], y int64)`` batches of a device-resident split."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                 mean: Sequence[float], std: Sequence[float], shuffle: bool = False, padding: int = 0,
+                 flip: bool = False, generator: Optional[torch.Generator] = None, drop_last: bool = False,
+                 normalize: bool = True):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.images, self.labels = images, labels
+        self.batch_size = int(batch_size)
+        self.shuffle, self.padding, self.flip = shuffle, int(padding), bool(flip)
+        self.generator = generator
+        self.drop_last = drop_last
+        dev = images.device
+        c = images.shape[1]
+        m = torch.tensor(mean if normalize else [0.0] * c, dtype=torch.float32, device=dev)
+        s = torch.tensor(std if normalize else [1.0] * c, dtype=torch.float32, device=dev)
+        # x = (u8 / 255 - mean) / std  =  u8 * scale + shift
+        self._scale = (1.0 / (255.0 * s)).view(1, -1, 1, 1)
+        self._shift = (-m / s).view(1, -1, 1, 1)
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.labels)
+        dev = self.images.device
+        order = (torch.randperm(n, device=dev, generator=self.generator) if self.shuffle
+                 else torch.arange(n, device=dev))
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            x = self.images[idx].float()
+            if self.padding or self.flip:
+                x = augment_batch(x, self.padding, self.flip, self.generator)
+            yield x * self._scale + self._shift, self.labels[idx]
