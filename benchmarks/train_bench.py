@@ -25,6 +25,11 @@ sys.path.insert(0, str(ROOT / "src"))
 from bioprop.train import Trainer, load_config  # noqa: E402
 
 
+def _rel(path: str) -> str:
+    p = Path(path).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(path)
+
+
 def run(config_path: str, overrides, data_dir=None, out=None, bench="train") -> dict:
     ov = list(overrides) + ([f"data.data_dir={data_dir}"] if data_dir else [])
     cfg = load_config(config_path, ov)
@@ -39,7 +44,7 @@ def run(config_path: str, overrides, data_dir=None, out=None, bench="train") -> 
     tests = [(r["test_acc"], r["epoch"]) for r in hist if "test_acc" in r]
     row = {
         "bench": bench,
-        "config": str(Path(config_path).relative_to(ROOT)) if Path(config_path).resolve().is_relative_to(ROOT) else config_path,
+        "config": _rel(config_path),
         "overrides": list(overrides),
         "model": cfg.model, "rule": cfg.rule, "data": cfg.data["name"], "dataset": trainer.dataset.describe(),
         "seed": cfg.train.seed, "epochs": cfg.train.epochs,

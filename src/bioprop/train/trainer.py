@@ -111,6 +111,9 @@ class _null:
 
 
 def _git_commit() -> Optional[str]:
+    """The checkout's commit, or ``$BIOPROP_COMMIT`` where the tree travels without ``.git``."""
+    if os.environ.get("BIOPROP_COMMIT"):
+        return os.environ["BIOPROP_COMMIT"]
     try:
         here = Path(__file__).resolve().parent
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
