@@ -1,0 +1,222 @@
+"""Fixed-point solvers for ``x = h(x)`` on batched tensors, reporting their residual.
+
+All solvers treat ``x`` as ``[B, ...]``: each sample is its own problem (inner products are per
+sample), and the reported residual is the relative residual of the whole batch,
+``||h(x) - x|| / max(||h(x0)||, eps)`` over all samples (the initial iterate ``x0 = 0`` by default,
+so the denominator is ``||h(0)||``, e.g. ``||b||`` for the adjoint system below), plus the worst
+per-sample value.
+
+They are used for IDE's adjoint system ``(I - J^T) g = b``, i.e. the fixed point
+``g = J^T g + b``, which needs only vector-Jacobian products ``v -> J^T v``:
+
+- :func:`fixed_point`: ``x <- h(x)``. Solves the *right* system; converges when the spectral
+  radius of ``J`` is below 1. (The IDE reference's 'iter' solver, ``v <- (v + h(v)) / 2``,
+  converges to the solution of ``(2 I - J^T) g = b``, a different system: not reproduced here.)
+- :func:`anderson`: Anderson acceleration (type II, memory ``m``, mixing ``beta``; Walker & Ni 2011).
+- :func:`broyden`: limited-memory "good" Broyden on ``G(x) = h(x) - x`` with the inverse Jacobian
+  initialised to ``-I`` (as in DEQ, Bai et al. 2019, and the IDE reference), no line search.
+
+No solver ever returns zeros on failure: each returns the iterate with the lowest residual and
+says whether it met the tolerance; the caller decides (``solve`` warns or raises).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Callable, List, Optional
+
+import torch
+
+__all__ = ["SolverResult", "SolverError", "SolverWarning", "fixed_point", "anderson", "broyden", "solve",
+           "SOLVERS"]
+
+Fn = Callable[[torch.Tensor], torch.Tensor]
+
+
+class SolverError(RuntimeError):
+    """A fixed-point solve did not reach its tolerance and ``strict=True`` was requested."""
+
+
+class SolverWarning(RuntimeWarning):
+    """A fixed-point solve did not reach its tolerance (the result is the best iterate found)."""
+
+
+@dataclass
+class SolverResult:
+    """``x``: the best iterate; ``residual``: its relative residual over the batch;
+    ``max_residual``: the worst per-sample relative residual; ``iters``: h-evaluations used;
+    ``converged``: ``residual <= tol``."""
+
+    x: torch.Tensor
+    residual: float
+    max_residual: float
+    iters: int
+    converged: bool
+    solver: str = ""
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(x.shape[0], -1)
+
+
+class _Tracker:
+    """Keeps the lowest-residual iterate; residuals relative to ``||h(x0)||`` (batch and per sample)."""
+
+    def __init__(self, ref: torch.Tensor):
+        r = _flat(ref)
+        self.den = r.norm().clamp_min(1e-30)
+        self.den_s = r.norm(dim=1).clamp_min(1e-30)
+        self.best: Optional[torch.Tensor] = None
+        self.best_res = math.inf
+        self.best_max = math.inf
+
+    def update(self, x: torch.Tensor, gx: torch.Tensor) -> float:
+        g = _flat(gx)
+        res = float(g.norm() / self.den)
+        if not math.isfinite(res):
+            return res
+        if res < self.best_res:
+            self.best_res = res
+            self.best_max = float((g.norm(dim=1) / self.den_s).max())
+            self.best = x.detach().clone()
+        return res
+
+
+def _result(tr: _Tracker, x0: torch.Tensor, iters: int, tol: float, name: str) -> SolverResult:
+    x = tr.best if tr.best is not None else x0
+    return SolverResult(x, tr.best_res, tr.best_max, iters, tr.best_res <= tol, name)
+
+
+@torch.no_grad()
+def fixed_point(h: Fn, x0: torch.Tensor, max_iter: int = 30, tol: float = 1e-4) -> SolverResult:
+    """Plain iteration ``x <- h(x)`` until ``||h(x) - x|| / ||h(x0)|| <= tol``."""
+    x = x0
+    hx = h(x)
+    tr = _Tracker(hx)
+    for k in range(1, max_iter + 1):
+        res = tr.update(x, hx - x)
+        if res <= tol or not math.isfinite(res):
+            return _result(tr, x0, k, tol, "fixed_point")
+        x = hx
+        hx = h(x)
+    tr.update(x, hx - x)
+    return _result(tr, x0, max_iter + 1, tol, "fixed_point")
+
+
+@torch.no_grad()
+def anderson(h: Fn, x0: torch.Tensor, max_iter: int = 30, tol: float = 1e-4, m: int = 5,
+             beta: float = 1.0, lam: float = 1e-4) -> SolverResult:
+    """Anderson acceleration of ``x = h(x)`` (per sample), memory ``m``, mixing ``beta``,
+    Tikhonov regularisation ``lam`` of the small least-squares problem."""
+    B = x0.shape[0]
+    shape = x0.shape
+    n = _flat(x0).shape[1]
+    dt = x0.dtype
+    X = torch.zeros(B, m, n, dtype=dt, device=x0.device)
+    Fh = torch.zeros(B, m, n, dtype=dt, device=x0.device)
+    X[:, 0] = _flat(x0)
+    Fh[:, 0] = _flat(h(x0))
+    tr = _Tracker(Fh[:, 0])
+    tr.update(X[:, 0].reshape(shape), Fh[:, 0] - X[:, 0])
+    if tr.best_res <= tol:
+        return _result(tr, x0, 1, tol, "anderson")
+    X[:, 1] = Fh[:, 0]
+    Fh[:, 1] = _flat(h(Fh[:, 0].reshape(shape)))
+    iters = 2
+    res = tr.update(X[:, 1].reshape(shape), Fh[:, 1] - X[:, 1])
+    Hm = torch.zeros(B, m + 1, m + 1, dtype=dt, device=x0.device)
+    Hm[:, 0, 1:] = Hm[:, 1:, 0] = 1
+    y = torch.zeros(B, m + 1, 1, dtype=dt, device=x0.device)
+    y[:, 0] = 1
+    for k in range(2, max_iter):
+        if res <= tol or not math.isfinite(res):
+            break
+        nk = min(k, m)
+        G = Fh[:, :nk] - X[:, :nk]
+        Hm[:, 1:nk + 1, 1:nk + 1] = torch.bmm(G, G.transpose(1, 2)) + lam * torch.eye(nk, dtype=dt, device=x0.device)[None]
+        alpha = torch.linalg.solve(Hm[:, :nk + 1, :nk + 1], y[:, :nk + 1])[:, 1:nk + 1, 0]
+        xk = beta * (alpha[:, None] @ Fh[:, :nk])[:, 0] + (1 - beta) * (alpha[:, None] @ X[:, :nk])[:, 0]
+        X[:, k % m] = xk
+        Fh[:, k % m] = _flat(h(xk.reshape(shape)))
+        iters += 1
+        res = tr.update(xk.reshape(shape), Fh[:, k % m] - xk)
+    return _result(tr, x0, iters, tol, "anderson")
+
+
+@torch.no_grad()
+def broyden(h: Fn, x0: torch.Tensor, max_iter: int = 30, tol: float = 1e-4, memory: int = 30) -> SolverResult:
+    """Limited-memory good Broyden on ``G(x) = h(x) - x`` (per sample).
+
+    The inverse Jacobian estimate is ``H = -I + sum_i u_i v_i^T``; each step ``x <- x - H G(x)``
+    and the rank-one update ``H += (dx - H dG) (dx^T H) / (dx^T H dG)``.
+    """
+    shape = x0.shape
+    B = shape[0]
+
+    def G(x: torch.Tensor) -> torch.Tensor:
+        return _flat(h(x.reshape(shape))) - x
+
+    x = _flat(x0).clone()
+    gx = G(x)
+    tr = _Tracker(gx + x)  # h(x0)
+    res = tr.update(x.reshape(shape), gx)
+    iters = 1
+    Us: List[torch.Tensor] = []
+    VTs: List[torch.Tensor] = []
+
+    def matvec(z: torch.Tensor) -> torch.Tensor:  # H z, per sample
+        out = -z
+        for u, vt in zip(Us, VTs):
+            out = out + u * (vt * z).sum(1, keepdim=True)
+        return out
+
+    def rmatvec(z: torch.Tensor) -> torch.Tensor:  # z^T H, per sample
+        out = -z
+        for u, vt in zip(Us, VTs):
+            out = out + vt * (u * z).sum(1, keepdim=True)
+        return out
+
+    update = -matvec(gx)
+    while iters < max_iter and res > tol and math.isfinite(res):
+        dx = update
+        x = x + dx
+        gx_new = G(x)
+        iters += 1
+        res = tr.update(x.reshape(shape), gx_new)
+        dg = gx_new - gx
+        gx = gx_new
+        vt = rmatvec(dx)
+        den = (vt * dg).sum(1, keepdim=True)
+        ok = den.abs() > 1e-30
+        u = torch.where(ok, (dx - matvec(dg)) / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(dx))
+        Us.append(u)
+        VTs.append(vt)
+        if len(Us) > memory:
+            Us.pop(0)
+            VTs.pop(0)
+        update = -matvec(gx)
+    return _result(tr, x0, iters, tol, "broyden")
+
+
+SOLVERS = {"broyden": broyden, "anderson": anderson, "fixed_point": fixed_point}
+
+
+def solve(h: Fn, x0: torch.Tensor, solver: str = "broyden", max_iter: int = 30, tol: float = 1e-4,
+          strict: bool = False, warn: bool = True, what: str = "fixed point") -> SolverResult:
+    """Run ``solver`` on ``x = h(x)``; if it misses ``tol``, raise :class:`SolverError` when
+    ``strict`` else (when ``warn``) issue a :class:`SolverWarning` naming the residual."""
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; choose one of {sorted(SOLVERS)}")
+    r = SOLVERS[solver](h, x0, max_iter=max_iter, tol=tol)
+    if not r.converged:
+        msg = (f"{solver} solve of the {what} did not converge: relative residual {r.residual:.3g} "
+               f"(worst sample {r.max_residual:.3g}) after {r.iters} iterations, tolerance {tol:g}. "
+               "The best iterate is used. Raise max_iter, try another solver, or check that the "
+               "equilibrium map is contractive (e.g. feedback norm below the threshold).")
+        if strict:
+            raise SolverError(msg)
+        if warn:
+            warnings.warn(msg, SolverWarning, stacklevel=2)
+    return r

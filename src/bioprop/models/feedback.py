@@ -1,0 +1,262 @@
+"""Feedback spiking networks of IDE (Xiao et al., NeurIPS 2021): F400 and F64C5.
+
+One hidden population of (L)IF neurons receives a constant or spiking input through an encoder
+``F`` (linear or convolution, bias, BatchNorm) and its own spikes through a feedback operator
+``W`` with one step of delay (spectrally normalised, :mod:`.spectral`):
+
+    u[t+1] = leak * (u[t] - Vth s[t]) + W s[t] + F x[t+1],   s[t] = H(u[t] - Vth)
+
+(``leak = 1``: IF). The (leak-weighted) average firing rate ``a`` converges to (IF) or
+approximates (LIF) the fixed point of the equilibrium map
+
+    a = f(a) = clamp((W a + F xbar) / Vth, 0, 1),
+
+with ``xbar`` the input's (leak-weighted) time average. The logits are a linear readout of ``a``.
+
+The model declares what the ``ide`` rule needs and nothing more:
+
+- :meth:`begin` computes the per-batch quantities once, with autograd: the drive ``F xbar``
+  (BatchNorm statistics taken once, from ``F xbar``; the same statistics normalise every time
+  step of a spike input), the feedback weight ``W`` (one power-iteration step in training), and
+  applies the dropout masks (one mask for all time steps, the simulation and the map);
+- :meth:`simulate` runs the T-step spiking dynamics (no autograd needed) and returns the rate;
+- :meth:`equilibrium_map` applies ``f`` (differentiably, or with parameters detached for the
+  Jacobian); :meth:`readout` maps rates to logits.
+
+Dropout (rate ``dropout``) multiplies ``F x`` and ``W s`` by fixed masks, as the reference's
+variational dropout does. Parameter counts equal the reference's (F400: 478,811; F64C5 MNIST:
+229,643; F64C5 on 2x34x34 N-MNIST input: 290,763).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Literal, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..neurons import NeuronParams, lif_step, rate_init, rate_update, rate_value
+from .base import MODELS, Edge, SpikeRecord, check_input, conv_out, neuron_from
+from .spectral import SpectralNormOperator
+
+__all__ = ["FeedbackSNN", "FeedbackState", "F400Config", "F64C5Config"]
+
+
+@dataclass
+class F400Config:
+    in_shape: Tuple[int, ...] = (1, 28, 28)
+    hidden: int = 400
+    num_classes: int = 10
+    neuron: Literal["lif", "if"] = "lif"
+    leak: float = 0.95
+    threshold: float = 2.0
+    time_steps: int = 5
+    dropout: float = 0.2
+    fb_gain_init: float = 0.9
+    power_iters: int = 1
+
+
+@dataclass
+class F64C5Config:
+    in_shape: Tuple[int, ...] = (1, 28, 28)
+    channels: int = 64
+    kernel: int = 5
+    stride: int = 2
+    padding: int = 2
+    num_classes: int = 10
+    neuron: Literal["lif", "if"] = "lif"
+    leak: float = 0.95
+    threshold: float = 2.0
+    time_steps: int = 30
+    dropout: float = 0.2
+    fb_gain_init: float = 0.9
+    power_iters: int = 1
+
+
+@dataclass
+class FeedbackState:
+    """Per-batch quantities shared by the simulation, the equilibrium map and its Jacobian."""
+
+    drive: torch.Tensor                     # F xbar after BN and dropout mask, with autograd graph
+    weight: torch.Tensor                    # feedback weight W, with autograd graph
+    mask_s: Optional[torch.Tensor]          # dropout mask on W s (None: no dropout)
+    drive_seq: Optional[torch.Tensor] = None  # [T, B, ...] per-step drive of a spike input (detached)
+
+
+def _reference_init(layer: nn.Module) -> None:
+    """The reference's init: uniform(-1, 1), each output unit's weights scaled to unit norm, zero bias."""
+    with torch.no_grad():
+        w = layer.weight
+        w.uniform_(-1, 1)
+        dim = 1 if isinstance(layer, nn.ConvTranspose2d) else 0
+        norms = w.transpose(0, dim).reshape(w.shape[dim], -1).norm(dim=1)
+        shape = [1] * w.dim()
+        shape[dim] = -1
+        w.div_(norms.view(shape))
+        if layer.bias is not None:
+            layer.bias.zero_()
+
+
+class FeedbackSNN(nn.Module):
+    """One feedback population: encoder ``F`` + BN, feedback ``W`` (delay 1), linear readout."""
+
+    is_spiking = True
+
+    def __init__(self, encoder: nn.Module, feedback: SpectralNormOperator, num_classes: int,
+                 in_shape: Tuple[int, ...], neuron: NeuronParams, time_steps: int, dropout: float):
+        super().__init__()
+        if time_steps < 1:
+            raise ValueError(f"time_steps must be >= 1, got {time_steps}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.in_shape = tuple(in_shape)
+        self.encoder = encoder
+        self.hidden_shape = feedback.in_shape
+        self.bn = nn.BatchNorm2d(self.hidden_shape[0]) if len(self.hidden_shape) == 3 else nn.BatchNorm1d(self.hidden_shape[0])
+        self.feedback = feedback
+        n = 1
+        for d in self.hidden_shape:
+            n *= d
+        self.classifier = nn.Linear(n, num_classes)
+        self.neuron = neuron
+        self.time_steps = int(time_steps)
+        self.dropout = float(dropout)
+
+    # -- declared structure -----------------------------------------------------------------
+    def blocks(self) -> List[nn.Module]:
+        return [nn.Sequential(self.encoder, self.bn), self.feedback, self.classifier]
+
+    def graph(self) -> List[Edge]:
+        return [Edge("input", "lif1", "encoder"), Edge("lif1", "lif1", "feedback", delay=1, feedback=True),
+                Edge("lif1", "output", "classifier")]
+
+    @property
+    def threshold(self) -> float:
+        return self.neuron.threshold
+
+    # -- per-batch state --------------------------------------------------------------------
+    def sample_masks(self, batch: int, generator: Optional[torch.Generator] = None) -> Optional[Dict[str, torch.Tensor]]:
+        """Dropout masks (values 0 or 1/(1-p)) for ``F x`` and ``W s``: one draw per batch."""
+        if not self.training or self.dropout == 0:
+            return None
+        dev = self.classifier.weight.device
+        keep = 1 - self.dropout
+        shape = (batch,) + self.hidden_shape
+        return {k: torch.bernoulli(torch.full(shape, keep, device=dev), generator=generator) / keep
+                for k in ("x", "s")}
+
+    def input_average(self, x: torch.Tensor) -> torch.Tensor:
+        """Time average (IF) or leak-weighted average (LIF) of a spike input ``x[T, B, ...]``:
+        ``sum_t leak^(T-1-t) x[t] / sum_k leak^k``, the input's counterpart of the rate."""
+        acc = rate_init(x[0])
+        for t in range(x.shape[0]):
+            acc = rate_update(acc, x[t], self.neuron.leak)
+        return rate_value(acc)
+
+    def begin(self, x: torch.Tensor, masks: Optional[Dict[str, torch.Tensor]] = None) -> FeedbackState:
+        """Drive, feedback weight and masks for input ``x`` (``[B, ...]`` constant, ``[T, B, ...]`` spikes)."""
+        timed = check_input(x, self.in_shape, type(self).__name__, allow_time=True)
+        xbar = self.input_average(x) if timed else x
+        z = self.encoder(xbar)
+        bn = self.bn
+        if self.training:
+            dims = [0] + list(range(2, z.dim()))
+            mean, var = z.mean(dims), z.var(dims, unbiased=False)
+        else:
+            mean, var = bn.running_mean, bn.running_var
+        # one BatchNorm application (and one running-statistics update) per batch
+        drive = F.batch_norm(z, bn.running_mean, bn.running_var, bn.weight, bn.bias, self.training, bn.momentum, bn.eps)
+        if self.training and bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(1)
+        drive_seq = None
+        if timed:
+            with torch.no_grad():
+                shape = [1, -1] + [1] * (z.dim() - 2)
+                scale = (bn.weight / torch.sqrt(var + bn.eps)).view(shape)
+                shift = (bn.bias - mean * bn.weight / torch.sqrt(var + bn.eps)).view(shape)
+                zs = self.encoder(x.flatten(0, 1)) * scale + shift
+                drive_seq = zs.unflatten(0, x.shape[:2])
+        weight = self.feedback.weight(update=self.training)
+        mask_s = None
+        if masks is not None:
+            drive = drive * masks["x"]
+            mask_s = masks["s"]
+            if drive_seq is not None:
+                drive_seq = drive_seq * masks["x"]
+        return FeedbackState(drive, weight, mask_s, drive_seq)
+
+    # -- dynamics ---------------------------------------------------------------------------
+    def feedback_current(self, s: torch.Tensor, st: FeedbackState, detach: bool = True) -> torch.Tensor:
+        w = st.weight.detach() if detach else st.weight
+        out = self.feedback(s, w)
+        return out * st.mask_s if st.mask_s is not None else out
+
+    @torch.no_grad()
+    def simulate(self, st: FeedbackState, time_steps: Optional[int] = None) -> Tuple[torch.Tensor, SpikeRecord]:
+        """Run the spiking dynamics for T steps; return the (weighted) firing rate and spike record.
+
+        Plain-PyTorch reference path: one :func:`bioprop.neurons.lif_step` per time step.
+        """
+        T = st.drive_seq.shape[0] if st.drive_seq is not None else (time_steps or self.time_steps)
+        drive = st.drive.detach()
+        u: Optional[torch.Tensor] = None
+        s: Optional[torch.Tensor] = None
+        acc = rate_init(drive)
+        count = torch.zeros((), device=drive.device)
+        for t in range(T):
+            cur = drive if st.drive_seq is None else st.drive_seq[t]
+            if s is not None:
+                cur = cur + self.feedback_current(s, st)
+            s, u = lif_step(cur, u, self.neuron)
+            acc = rate_update(acc, s, self.neuron.leak)
+            count += s.sum()
+        rec = SpikeRecord(time_steps=T, batch=drive.shape[0])
+        rec.spikes["lif1"] = count
+        rec.neurons["lif1"] = int(drive[0].numel())
+        return rate_value(acc), rec
+
+    def equilibrium_map(self, a: torch.Tensor, st: FeedbackState, detach: bool = False) -> torch.Tensor:
+        """``f(a) = clamp((W a + F xbar) / Vth, 0, 1)`` (with the dropout masks); ``detach``: the
+        parameters are constants (for the Jacobian ``df/da``)."""
+        drive = st.drive.detach() if detach else st.drive
+        return torch.clamp((self.feedback_current(a, st, detach=detach) + drive) / self.threshold, 0, 1)
+
+    def readout(self, a: torch.Tensor) -> torch.Tensor:
+        return self.classifier(a.flatten(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the simulated network (no gradient through the spikes; train with ``ide``)."""
+        a, _ = self.simulate(self.begin(x))
+        return self.readout(a)
+
+
+def _neuron(c) -> NeuronParams:
+    return neuron_from(c.neuron, c.threshold, c.leak)
+
+
+@MODELS.register("f400", F400Config, "IDE F400: FC 784->400 +BN, feedback FC 400->400 (spectral norm), readout")
+def f400(c: F400Config) -> nn.Module:
+    n_in = 1
+    for d in c.in_shape:
+        n_in *= d
+    enc = nn.Sequential(nn.Flatten(), nn.Linear(n_in, c.hidden))
+    _reference_init(enc[1])
+    fb = nn.Linear(c.hidden, c.hidden, bias=False)
+    _reference_init(fb)
+    op = SpectralNormOperator(fb, (c.hidden,), g_init=c.fb_gain_init, power_iters=c.power_iters)
+    return FeedbackSNN(enc, op, c.num_classes, c.in_shape, _neuron(c), c.time_steps, c.dropout)
+
+
+@MODELS.register("f64c5", F64C5Config,
+                 "IDE F64C5: conv 64 k5 s2 +BN, feedback conv 64->64 k5 (spectral norm of the operator), readout")
+def f64c5(c: F64C5Config) -> nn.Module:
+    ch, h, w = c.in_shape
+    enc = nn.Conv2d(ch, c.channels, c.kernel, stride=c.stride, padding=c.padding)
+    _reference_init(enc)
+    ho, wo = conv_out(h, c.kernel, c.stride, c.padding), conv_out(w, c.kernel, c.stride, c.padding)
+    fb = nn.Conv2d(c.channels, c.channels, c.kernel, padding=c.kernel // 2, bias=False)
+    _reference_init(fb)
+    op = SpectralNormOperator(fb, (c.channels, ho, wo), g_init=c.fb_gain_init, power_iters=c.power_iters)
+    return FeedbackSNN(enc, op, c.num_classes, c.in_shape, _neuron(c), c.time_steps, c.dropout)

@@ -1,0 +1,117 @@
+"""Spectral-norm reparameterisation of a linear operator's weight, for feedback connections.
+
+``W = clamp(g, -r, r) V / sigma(V)`` (Miyato et al. 2018; IDE, Xiao et al. 2021, sec. 4.3), with
+``sigma(V)`` the largest singular value of the *operator* ``x -> A_V x`` the layer applies:
+for a linear layer the matrix ``V``; for a (transposed) convolution the convolution itself on
+its input size, estimated by power iteration through the convolution and its adjoint (the
+transposed convolution), with a persistent input-space vector. The IDE reference takes sigma of
+the kernel reshaped to ``[out, in*k*k]``, which is not the norm of the convolution, so its bound
+``||W|| <= 1`` does not hold for convolutional feedback; this module bounds the true operator.
+
+``g`` is a learnable scalar, initialised *inside* ``(-r, r)`` (``g_init``, default 0.9) so that
+it receives gradient from the first step; the reference initialises it to ``sigma(V) > 1``,
+saturated at the clamp, where it gets no gradient.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["SpectralNormOperator", "operator_norm"]
+
+
+class SpectralNormOperator(nn.Module):
+    """A Linear / Conv2d / ConvTranspose2d map (no bias) with a spectrally normalised weight.
+
+    ``in_shape`` is the operator's input shape without the batch axis (``(C, H, W)`` for
+    convolutions, ``(features,)`` for linear maps).
+    """
+
+    def __init__(self, layer: nn.Module, in_shape: Tuple[int, ...], g_init: float = 0.9,
+                 norm_range: float = 1.0, power_iters: int = 1, init_iters: int = 50):
+        super().__init__()
+        if not isinstance(layer, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            raise TypeError(f"SpectralNormOperator: unsupported layer {type(layer).__name__}")
+        if getattr(layer, "bias", None) is not None:
+            raise ValueError("SpectralNormOperator: the layer must have no bias (a feedback operator is linear)")
+        if not -norm_range < g_init < norm_range:
+            raise ValueError(f"g_init must lie inside (-{norm_range}, {norm_range}) to receive gradient, got {g_init}")
+        self.kind = type(layer).__name__
+        self.opts = {}
+        if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
+            self.opts = dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups)
+            if isinstance(layer, nn.ConvTranspose2d):
+                self.opts["output_padding"] = layer.output_padding
+        self.weight_v = nn.Parameter(layer.weight.detach().clone())
+        self.g = nn.Parameter(torch.tensor(float(g_init)))
+        self.norm_range = float(norm_range)
+        self.power_iters = int(power_iters)
+        self.in_shape = tuple(in_shape)
+        v = torch.randn((1,) + self.in_shape, generator=torch.Generator().manual_seed(0))
+        self.register_buffer("v", v / v.norm())
+        out = self.apply_op(self.v, self.weight_v)
+        self.out_shape = tuple(out.shape[1:])
+        self.power_iteration(init_iters)
+
+    # the operator A_V and its adjoint A_V^T
+    def apply_op(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        if self.kind == "Linear":
+            return F.linear(x, w)
+        if self.kind == "Conv2d":
+            return F.conv2d(x, w, **self.opts)
+        return F.conv_transpose2d(x, w, **self.opts)
+
+    def apply_adjoint(self, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        if self.kind == "Linear":
+            return F.linear(y, w.t())
+        o = {k: v for k, v in self.opts.items() if k != "output_padding"}
+        if self.kind == "Conv2d":
+            # output_padding restores the input size lost to the stride's rounding
+            ref = F.conv_transpose2d(y, w, **o)
+            pad = [s - r for s, r in zip(self.in_shape[1:], ref.shape[2:])]
+            return F.conv_transpose2d(y, w, output_padding=tuple(pad), **o)
+        return F.conv2d(y, w, **o)
+
+    @torch.no_grad()
+    def power_iteration(self, n: int) -> None:
+        """``n`` steps of ``v <- A^T A v / ||A^T A v||`` on the persistent vector ``v``."""
+        w = self.weight_v.detach()
+        v = self.v
+        for _ in range(n):
+            u = self.apply_op(v, w)
+            u = u / u.norm().clamp_min(1e-12)
+            v = self.apply_adjoint(u, w)
+            v = v / v.norm().clamp_min(1e-12)
+        self.v.copy_(v)
+
+    def sigma(self) -> torch.Tensor:
+        """Estimate of the largest singular value ``||A_V v||`` (differentiable in ``V``)."""
+        return self.apply_op(self.v, self.weight_v).norm()
+
+    def weight(self, update: bool = False) -> torch.Tensor:
+        """``clamp(g) V / sigma(V)``; with ``update``, first advance the power iteration."""
+        if update and self.power_iters > 0:
+            self.power_iteration(self.power_iters)
+        g = self.g.clamp(-self.norm_range, self.norm_range)
+        return g * self.weight_v / self.sigma()
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return self.apply_op(x, weight)
+
+    def extra_repr(self) -> str:
+        return f"{self.kind}, in_shape={self.in_shape}, norm_range={self.norm_range}"
+
+
+def operator_norm(op: SpectralNormOperator, weight: torch.Tensor) -> float:
+    """The exact largest singular value of ``x -> op(x, weight)``, from its dense matrix (small ops only)."""
+    n = 1
+    for d in op.in_shape:
+        n *= d
+    eye = torch.eye(n, dtype=weight.dtype, device=weight.device).reshape((n,) + op.in_shape)
+    with torch.no_grad():
+        mat = op.apply_op(eye, weight).reshape(n, -1).t()
+    return float(torch.linalg.matrix_norm(mat, ord=2))
