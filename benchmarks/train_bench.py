@@ -30,10 +30,10 @@ def _rel(path: str) -> str:
     return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(path)
 
 
-def run(config_path: str, overrides, data_dir=None, out=None, bench="train") -> dict:
+def run(config_path: str, overrides, data_dir=None, out=None, bench="train", resume=False) -> dict:
     ov = list(overrides) + ([f"data.data_dir={data_dir}"] if data_dir else [])
     cfg = load_config(config_path, ov)
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, resume=resume)
     if trainer.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(trainer.device)
     t0 = time.perf_counter()
@@ -45,7 +45,7 @@ def run(config_path: str, overrides, data_dir=None, out=None, bench="train") -> 
     row = {
         "bench": bench,
         "config": _rel(config_path),
-        "overrides": list(overrides),
+        "overrides": [o for o in overrides if not o.startswith("train.out_dir=")],
         "model": cfg.model, "rule": cfg.rule, "data": cfg.data["name"], "dataset": trainer.dataset.describe(),
         "seed": cfg.train.seed, "epochs": cfg.train.epochs,
         "shortened": bool(cfg.train.max_steps_per_epoch),
@@ -55,6 +55,8 @@ def run(config_path: str, overrides, data_dir=None, out=None, bench="train") -> 
         "peak_memory_mib": (torch.cuda.max_memory_allocated(trainer.device) / 2**20
                             if trainer.device.type == "cuda" else None),
         "wall_s": wall,
+        "train_time_total_s": sum(r["train_time_s"] for r in hist),
+        "resumed": bool(resume),
         "curve": [{k: r[k] for k in ("epoch", "train_loss", "train_acc", "test_acc", "val_acc") if k in r}
                   for r in hist],
         **trainer.env,
@@ -78,9 +80,10 @@ def main() -> None:
     p.add_argument("--data-dir")
     p.add_argument("--out")
     p.add_argument("--bench", default="train")
+    p.add_argument("--resume", action="store_true", help="continue the run's last checkpoint")
     p.add_argument("overrides", nargs="*")
     a = p.parse_args()
-    run(a.config, a.overrides, a.data_dir, a.out, a.bench)
+    run(a.config, a.overrides, a.data_dir, a.out, a.bench, a.resume)
 
 
 if __name__ == "__main__":

@@ -33,10 +33,10 @@ def jacobian_vjp(f_out: torch.Tensor, a_in: torch.Tensor) -> Callable[[torch.Ten
 
 def adjoint_solve(vjp: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, solver: str = "broyden",
                   max_iter: int = 30, tol: float = 1e-4, strict: bool = False, warn: bool = True) -> SolverResult:
-    """Solve ``(I - J^T) g = b``, i.e. ``g = J^T g + b``, from ``g0 = 0``."""
+    """Solve ``(I - J^T) g = b``, i.e. ``g = J^T g + b``, from ``g0 = b``; residuals relative to ``||b||``."""
     with torch.enable_grad():
-        return solve(lambda g: vjp(g) + b, torch.zeros_like(b), solver=solver, max_iter=max_iter, tol=tol,
-                     strict=strict, warn=warn, what="adjoint system (I - J^T) g = dL/da")
+        return solve(lambda g: vjp(g) + b, b.clone(), solver=solver, max_iter=max_iter, tol=tol,
+                     strict=strict, warn=warn, what="adjoint system (I - J^T) g = dL/da", scale=b)
 
 
 class _Implicit(torch.autograd.Function):

@@ -2,9 +2,8 @@
 
 All solvers treat ``x`` as ``[B, ...]``: each sample is its own problem (inner products are per
 sample), and the reported residual is the relative residual of the whole batch,
-``||h(x) - x|| / max(||h(x0)||, eps)`` over all samples (the initial iterate ``x0 = 0`` by default,
-so the denominator is ``||h(0)||``, e.g. ``||b||`` for the adjoint system below), plus the worst
-per-sample value.
+``||h(x) - x|| / ||scale||`` over all samples (``scale`` defaults to ``h(x0)``; it is ``b`` for the
+adjoint system below), plus the worst per-sample value.
 
 They are used for IDE's adjoint system ``(I - J^T) g = b``, i.e. the fixed point
 ``g = J^T g + b``, which needs only vector-Jacobian products ``v -> J^T v``:
@@ -17,7 +16,10 @@ They are used for IDE's adjoint system ``(I - J^T) g = b``, i.e. the fixed point
   initialised to ``-I`` (as in DEQ, Bai et al. 2019, and the IDE reference), no line search.
 
 No solver ever returns zeros on failure: each returns the iterate with the lowest residual and
-says whether it met the tolerance; the caller decides (``solve`` warns or raises).
+says whether it met the tolerance; the caller decides (``solve`` warns or raises). The adjoint
+solve starts from ``g0 = b`` (the Jacobian-free approximation of the implicit gradient), so a
+failed solve degrades to that approximation or better, never to a zero gradient as the IDE
+reference's Broyden does when it diverges.
 """
 
 from __future__ import annotations
@@ -90,11 +92,12 @@ def _result(tr: _Tracker, x0: torch.Tensor, iters: int, tol: float, name: str) -
 
 
 @torch.no_grad()
-def fixed_point(h: Fn, x0: torch.Tensor, max_iter: int = 30, tol: float = 1e-4) -> SolverResult:
-    """Plain iteration ``x <- h(x)`` until ``||h(x) - x|| / ||h(x0)|| <= tol``."""
+def fixed_point(h: Fn, x0: torch.Tensor, max_iter: int = 30, tol: float = 1e-4,
+                scale: Optional[torch.Tensor] = None) -> SolverResult:
+    """Plain iteration ``x <- h(x)`` until ``||h(x) - x|| / ||scale|| <= tol``."""
     x = x0
     hx = h(x)
-    tr = _Tracker(hx)
+    tr = _Tracker(hx if scale is None else scale)
     for k in range(1, max_iter + 1):
         res = tr.update(x, hx - x)
         if res <= tol or not math.isfinite(res):
@@ -107,7 +110,7 @@ def fixed_point(h: Fn, x0: torch.Tensor, max_iter: int = 30, tol: float = 1e-4) 
 
 @torch.no_grad()
 def anderson(h: Fn, x0: torch.Tensor, max_iter: int = 30, tol: float = 1e-4, m: int = 5,
-             beta: float = 1.0, lam: float = 1e-4) -> SolverResult:
+             beta: float = 1.0, lam: float = 1e-4, scale: Optional[torch.Tensor] = None) -> SolverResult:
     """Anderson acceleration of ``x = h(x)`` (per sample), memory ``m``, mixing ``beta``,
     Tikhonov regularisation ``lam`` of the small least-squares problem."""
     B = x0.shape[0]
@@ -118,7 +121,7 @@ def anderson(h: Fn, x0: torch.Tensor, max_iter: int = 30, tol: float = 1e-4, m: 
     Fh = torch.zeros(B, m, n, dtype=dt, device=x0.device)
     X[:, 0] = _flat(x0)
     Fh[:, 0] = _flat(h(x0))
-    tr = _Tracker(Fh[:, 0])
+    tr = _Tracker(Fh[:, 0] if scale is None else scale)
     tr.update(X[:, 0].reshape(shape), Fh[:, 0] - X[:, 0])
     if tr.best_res <= tol:
         return _result(tr, x0, 1, tol, "anderson")
@@ -146,7 +149,8 @@ def anderson(h: Fn, x0: torch.Tensor, max_iter: int = 30, tol: float = 1e-4, m: 
 
 
 @torch.no_grad()
-def broyden(h: Fn, x0: torch.Tensor, max_iter: int = 30, tol: float = 1e-4, memory: int = 30) -> SolverResult:
+def broyden(h: Fn, x0: torch.Tensor, max_iter: int = 30, tol: float = 1e-4, memory: int = 30,
+            scale: Optional[torch.Tensor] = None) -> SolverResult:
     """Limited-memory good Broyden on ``G(x) = h(x) - x`` (per sample).
 
     The inverse Jacobian estimate is ``H = -I + sum_i u_i v_i^T``; each step ``x <- x - H G(x)``
@@ -160,7 +164,7 @@ def broyden(h: Fn, x0: torch.Tensor, max_iter: int = 30, tol: float = 1e-4, memo
 
     x = _flat(x0).clone()
     gx = G(x)
-    tr = _Tracker(gx + x)  # h(x0)
+    tr = _Tracker(gx + x if scale is None else scale)  # default: h(x0)
     res = tr.update(x.reshape(shape), gx)
     iters = 1
     Us: List[torch.Tensor] = []
@@ -204,12 +208,13 @@ SOLVERS = {"broyden": broyden, "anderson": anderson, "fixed_point": fixed_point}
 
 
 def solve(h: Fn, x0: torch.Tensor, solver: str = "broyden", max_iter: int = 30, tol: float = 1e-4,
-          strict: bool = False, warn: bool = True, what: str = "fixed point") -> SolverResult:
+          strict: bool = False, warn: bool = True, what: str = "fixed point",
+          scale: Optional[torch.Tensor] = None) -> SolverResult:
     """Run ``solver`` on ``x = h(x)``; if it misses ``tol``, raise :class:`SolverError` when
     ``strict`` else (when ``warn``) issue a :class:`SolverWarning` naming the residual."""
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {sorted(SOLVERS)}")
-    r = SOLVERS[solver](h, x0, max_iter=max_iter, tol=tol)
+    r = SOLVERS[solver](h, x0, max_iter=max_iter, tol=tol, scale=scale)
     if not r.converged:
         msg = (f"{solver} solve of the {what} did not converge: relative residual {r.residual:.3g} "
                f"(worst sample {r.max_residual:.3g}) after {r.iters} iterations, tolerance {tol:g}. "

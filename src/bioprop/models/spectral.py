@@ -51,7 +51,7 @@ class SpectralNormOperator(nn.Module):
         self.norm_range = float(norm_range)
         self.power_iters = int(power_iters)
         self.in_shape = tuple(in_shape)
-        v = torch.randn((1,) + self.in_shape, generator=torch.Generator().manual_seed(0))
+        v = torch.randn((1,) + self.in_shape, generator=torch.Generator().manual_seed(0)).to(self.weight_v.dtype)
         self.register_buffer("v", v / v.norm())
         out = self.apply_op(self.v, self.weight_v)
         self.out_shape = tuple(out.shape[1:])

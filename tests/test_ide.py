@@ -1,0 +1,278 @@
+"""IDE: implicit gradients against dense solves and unrolled iteration, rates against the fixed
+point, solver failures reported, parameter counts, spectral norm, spike vs constant input."""
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bioprop import create_model, create_rule
+from bioprop.equilibrium import SolverError, SolverWarning
+from bioprop.models import count_parameters
+from bioprop.models.spectral import SpectralNormOperator, operator_norm
+
+
+def test_parameter_counts_match_reference():
+    assert count_parameters(create_model("f400")) == 478_811
+    assert count_parameters(create_model("f64c5")) == 229_643
+    assert count_parameters(create_model("f64c5", in_shape=[2, 34, 34])) == 290_763
+
+
+def _tiny(kind, neuron="lif", **kw):
+    torch.manual_seed(0)
+    if kind == "fc":
+        m = create_model("f400", in_shape=[6], hidden=5, num_classes=3, neuron=neuron, dropout=0.0,
+                         power_iters=0, **kw)
+        x = torch.randn(4, 6, dtype=torch.float64)
+    else:
+        m = create_model("f64c5", in_shape=[1, 6, 6], channels=2, kernel=3, stride=2, padding=1, num_classes=3,
+                         neuron=neuron, dropout=0.0, power_iters=0, **kw)
+        x = torch.randn(4, 1, 6, 6, dtype=torch.float64)
+    m = m.double()
+    with torch.no_grad():
+        m.encoder.apply(lambda mod: mod.weight.mul_(2.0) if hasattr(mod, "weight") else None)
+    return m, x
+
+
+def _dense_implicit_grads(m, x, y, a):
+    """(I - J^T)^-1 per sample from the dense Jacobian, then through z = f(a) and the readout."""
+    st = m.begin(x)
+    B = a.shape[0]
+    fmap = lambda v: m.equilibrium_map(v, st, detach=True)  # noqa: E731
+    J = torch.autograd.functional.jacobian(fmap, a)  # [B, ..., B, ...]
+    n = a[0].numel()
+    J = J.reshape(B, n, B, n)
+    ar = a.clone().requires_grad_()
+    loss = F.cross_entropy(m.readout(ar), y)
+    (dlda,) = torch.autograd.grad(loss, ar)
+    g = torch.stack([torch.linalg.solve(torch.eye(n, dtype=a.dtype) - J[i, :, i, :].T, dlda[i].flatten())
+                     for i in range(B)]).reshape(a.shape)
+    params = [p for p in m.parameters()]
+    z = m.equilibrium_map(a, st)
+    gz = torch.autograd.grad(z, params, g, allow_unused=True)
+    gr = torch.autograd.grad(F.cross_entropy(m.readout(a), y), params, allow_unused=True)
+    return [(u if u is not None else 0) + (v if v is not None else 0) for u, v in zip(gz, gr)]
+
+
+def _rule_grads(m, x, y, **kw):
+    rule = create_rule("ide", max_iter=200, tol=1e-13, strict=True, **kw)
+    m = rule.prepare(m)
+    m.zero_grad()
+    out = rule.step(m, x, y, F.cross_entropy)
+    return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in m.parameters()], out
+
+
+def _rel(a, b):
+    num = sum(float((u - v).norm() ** 2) for u, v in zip(a, b)) ** 0.5
+    den = sum(float(v.norm() ** 2) for v in b) ** 0.5
+    return num / den
+
+
+@pytest.mark.parametrize("kind", ["fc", "conv"])
+@pytest.mark.parametrize("solver", ["broyden", "anderson", "fixed_point"])
+def test_implicit_gradient_equals_dense_solve(kind, solver):
+    m, x = _tiny(kind)
+    y = torch.tensor([0, 1, 2, 1])
+    with torch.no_grad():
+        a, _ = m.simulate(m.begin(x))
+    dense = _dense_implicit_grads(m, x, y, a)
+    grads, out = _rule_grads(m, x, y, solver=solver)
+    assert _rel(grads, dense) < 1e-6
+    assert out.stats["solver/converged"] == 1.0
+
+
+def _exact_fixed_point(m, st, iters=2000):
+    with torch.no_grad():
+        a = torch.zeros_like(st.drive)
+        for _ in range(iters):
+            a = m.equilibrium_map(a, st, detach=True)
+    return a
+
+
+@pytest.mark.parametrize("kind", ["fc", "conv"])
+def test_implicit_gradient_equals_unrolled_fixed_point_iteration(kind, monkeypatch):
+    m, x = _tiny(kind)
+    y = torch.tensor([2, 1, 0, 1])
+    st = m.begin(x)
+    a_star = _exact_fixed_point(m, st)
+    # autograd through a long unrolled iteration of the rate map
+    a = torch.zeros_like(a_star)
+    for _ in range(400):
+        a = m.equilibrium_map(a, st)
+    m.zero_grad()
+    F.cross_entropy(m.readout(a), y).backward()
+    unrolled = [p.grad.clone() for p in m.parameters()]
+    # the rule, with the simulation replaced by the exact equilibrium
+    monkeypatch.setattr(m, "simulate", lambda st_, T=None: (_exact_fixed_point(m, st_), m_rec()))
+    grads, _ = _rule_grads(m, x, y)
+    assert _rel(grads, unrolled) < 1e-6
+
+
+def m_rec():
+    from bioprop.models import SpikeRecord
+
+    return SpikeRecord(time_steps=1, batch=1)
+
+
+def test_if_rate_converges_to_fixed_point_as_one_over_T():
+    m, x = _tiny("fc", neuron="if", fb_gain_init=0.95)
+    m.eval()
+    st = m.begin(x)
+    a_star = _exact_fixed_point(m, st)
+    Ts = [25, 50, 100, 200, 400, 800]
+    errs = []
+    for T in Ts:
+        a, _ = m.simulate(st, T)
+        errs.append(float((a - a_star).abs().max()))
+    # |a_T - a*| <= C / T: T * err stays bounded, and the error keeps falling
+    bound = max(T * e for T, e in zip(Ts, errs))
+    assert bound < 10.0
+    assert errs[-1] < errs[0] / 8
+    assert 0 < (a_star * (1 - a_star)).sum()  # some neurons are neither silent nor saturated
+
+
+def test_lif_rate_only_approximates_the_fixed_point():
+    m, x = _tiny("fc", neuron="lif", leak=0.95, fb_gain_init=0.95)
+    m.eval()
+    st = m.begin(x)
+    a_star = _exact_fixed_point(m, st)
+    errs = {}
+    for T in (100, 400, 1600):
+        a, _ = m.simulate(st, T)
+        errs[T] = float((a - a_star).abs().max())
+    assert max(errs.values()) < 0.15          # close to the equilibrium ...
+    assert errs[1600] > 0.5 * errs[100] - 1e-12  # ... but the error levels off instead of falling as 1/T
+
+
+def test_divergent_solve_is_reported_not_zeroed():
+    """Vth = 0.5 with unsaturated neurons: J = W / Vth has spectral radius > 1, the adjoint
+    iteration diverges; the rule warns with the residual (or raises when strict) and the
+    gradient is not zeroed (the reference's Broyden silently returns 0 here)."""
+    torch.manual_seed(1)
+    m = create_model("f400", in_shape=[6], hidden=8, num_classes=3, threshold=0.5, fb_gain_init=0.99,
+                     dropout=0.0, power_iters=0).double()
+    with torch.no_grad():
+        m.bn.weight.fill_(0.05)
+        m.bn.bias.fill_(0.25)
+    x = torch.randn(4, 6, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 1])
+    st = m.begin(x)
+    a, _ = m.simulate(st)
+    J = torch.autograd.functional.jacobian(lambda v: m.equilibrium_map(v, st, detach=True), a).reshape(4, 8, 4, 8)
+    assert all(float(torch.linalg.eigvals(J[i, :, i, :]).abs().max()) > 1.05 for i in range(4))
+    rule = create_rule("ide", solver="fixed_point", max_iter=30, tol=1e-6)
+    m = rule.prepare(m)
+    m.zero_grad()
+    with pytest.warns(SolverWarning, match="did not converge: relative residual"):
+        out = rule.step(m, x, y, F.cross_entropy)
+    assert out.stats["solver/converged"] == 0.0 and out.stats["solver/residual"] > 1e-6
+    assert m.encoder[1].weight.grad.abs().sum() > 0 and m.feedback.weight_v.grad.abs().sum() > 0
+    strict = create_rule("ide", solver="fixed_point", max_iter=30, tol=1e-6, strict=True)
+    with pytest.raises(SolverError, match="residual"):
+        strict.step(m, x, y, F.cross_entropy)
+
+
+@pytest.mark.parametrize("layer,in_shape", [
+    (torch.nn.Linear(7, 7, bias=False), (7,)),
+    (torch.nn.Conv2d(3, 3, 3, padding=1, bias=False), (3, 6, 6)),
+    (torch.nn.Conv2d(2, 2, 5, padding=2, bias=False), (2, 5, 5)),
+    (torch.nn.ConvTranspose2d(3, 2, 3, stride=2, padding=1, output_padding=1, bias=False), (3, 4, 4)),
+])
+def test_spectral_norm_bounds_the_true_operator_norm(layer, in_shape):
+    torch.manual_seed(0)
+    op = SpectralNormOperator(layer.double(), in_shape, g_init=0.7, init_iters=300)
+    w = op.weight()
+    true = operator_norm(op, w.detach())
+    assert abs(true - 0.7) < 1e-3 * 0.7
+    if not isinstance(layer, torch.nn.Linear):
+        # the reference's sigma of the reshaped kernel is not the operator norm
+        v = op.weight_v.detach()
+        kernel_sigma = float(torch.linalg.matrix_norm(v.reshape(v.shape[0], -1), ord=2))
+        op_sigma = operator_norm(op, v)
+        assert abs(kernel_sigma - op_sigma) > 0.01 * op_sigma
+
+
+def test_feedback_gain_is_not_born_saturated():
+    m = create_model("f400")
+    assert -1 < float(m.feedback.g.detach()) < 1
+    rule = create_rule("ide")
+    m = rule.prepare(m)
+    rule.step(m, torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,)), F.cross_entropy)
+    assert float(m.feedback.g.grad.abs()) > 0
+
+
+def test_batchnorm_statistics_updated_once_per_step():
+    m = create_model("f400", dropout=0.0)
+    rule = create_rule("ide")
+    m = rule.prepare(m)
+    x = torch.randn(32, 1, 28, 28)
+    rule.step(m, x, torch.randint(0, 10, (32,)), F.cross_entropy)
+    assert int(m.bn.num_batches_tracked) == 1
+    z = m.encoder(x)
+    torch.testing.assert_close(m.bn.running_mean, 0.1 * z.mean(0).detach(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("neuron", ["if", "lif"])
+def test_spike_input_and_constant_input_give_the_same_map(neuron):
+    torch.manual_seed(0)
+    m = create_model("f64c5", in_shape=[2, 8, 8], channels=3, kernel=3, stride=2, padding=1, neuron=neuron,
+                     leak=0.9, dropout=0.0, time_steps=7, power_iters=0).double()
+    spikes = (torch.rand(7, 4, 2, 8, 8, dtype=torch.float64) > 0.6).double()
+    const = m.input_average(spikes)
+    a = torch.rand(4, 3, 4, 4, dtype=torch.float64)
+    for mode in ("train", "eval"):
+        getattr(m, mode)()
+        st_s, st_c = m.begin(spikes), m.begin(const)
+        torch.testing.assert_close(m.equilibrium_map(a, st_s), m.equilibrium_map(a, st_c))
+        # the per-step drives of the spike input average (with the neuron's weights) to the constant drive
+        torch.testing.assert_close(m.input_average(st_s.drive_seq), st_s.drive.detach())
+    w = torch.tensor([0.9 ** (6 - t) if neuron == "lif" else 1.0 for t in range(7)], dtype=torch.float64)
+    torch.testing.assert_close(const, (w[:, None, None, None, None] * spikes).sum(0) / w.sum())
+
+
+def test_dropout_uses_one_mask_for_all_steps_and_the_map():
+    m = create_model("f400", in_shape=[6], hidden=5, dropout=0.5)
+    masks = m.sample_masks(3, torch.Generator().manual_seed(0))
+    st = m.begin(torch.randn(3, 6), masks)
+    a = torch.rand(3, 5)
+    manual = torch.clamp((F.linear(a, st.weight) * masks["s"] + st.drive) / 2.0, 0, 1)
+    torch.testing.assert_close(m.equilibrium_map(a, st), manual)
+    assert set(masks["x"].unique().tolist()) <= {0.0, 2.0}
+    m.eval()
+    assert m.sample_masks(3) is None
+
+
+def test_ide_diagnostics_and_interface_check():
+    m = create_model("f64c5", time_steps=4)
+    rule = create_rule("ide")
+    m = rule.prepare(m)
+    out = rule.step(m, torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,)), F.cross_entropy)
+    for k in ("solver/residual", "solver/iters", "fixed_point/distance", "rate/lif1", "spikes_per_sample/lif1"):
+        assert k in out.stats
+    assert 0 <= float(out.stats["rate/lif1"]) <= 1
+    with pytest.raises(TypeError, match="feedback SNN"):
+        create_rule("ide").prepare(create_model("spiking_mlp"))
+
+
+def test_every_config_file_is_valid():
+    from pathlib import Path
+
+    from bioprop.train import load_config
+
+    files = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+    assert len(files) >= 4
+    for f in files:
+        load_config(f)
+
+
+def test_f400_lif_config_runs_from_the_cli(tmp_path, capsys):
+    from pathlib import Path
+
+    from bioprop.cli import main
+
+    cfg = Path(__file__).resolve().parent.parent / "configs" / "ide_f400_fmnist_lif.yaml"
+    rc = main(["train", "--config", str(cfg), "--device", "cpu", "data=mnist_embedded", "data.train_limit=256",
+               "model.time_steps=3", "train.epochs=1", f"train.out_dir={tmp_path}"])
+    assert rc == 0
+    assert '"test_acc"' in capsys.readouterr().out
