@@ -30,6 +30,47 @@ def _rel(path: str) -> str:
     return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(path)
 
 
+def result_row(cfg, hist, env, config_path, overrides, dataset, bench="train", peak_mib=None, wall=None,
+               resumed=False) -> dict:
+    """One JSON line of results from a run's config and per-epoch history."""
+    ips = [r["train_images_per_s"] for r in hist[1:]] or [hist[0]["train_images_per_s"]]
+    tests = [(r["test_acc"], r["epoch"]) for r in hist if "test_acc" in r]
+    last = hist[-1]
+    row = {
+        "bench": bench,
+        "config": _rel(config_path),
+        "overrides": [o for o in overrides if not o.startswith("train.out_dir=")],
+        "model": cfg.model, "rule": cfg.rule, "data": cfg.data["name"], "dataset": dataset,
+        "seed": cfg.train.seed, "epochs": last["epoch"], "planned_epochs": cfg.train.epochs,
+        "shortened": bool(cfg.train.max_steps_per_epoch) or last["epoch"] < cfg.train.epochs,
+        "test_acc": last.get("test_acc"),
+        "selection": "final epoch" if last["epoch"] == cfg.train.epochs else f"last epoch run ({last['epoch']})",
+        "best_test_acc": max(tests)[0] if tests else None, "best_test_epoch": max(tests)[1] if tests else None,
+        "train_images_per_s": sum(ips) / len(ips),
+        "peak_memory_mib": peak_mib,
+        "wall_s": wall,
+        "train_time_total_s": sum(r["train_time_s"] for r in hist),
+        "resumed": bool(resumed),
+        "curve": [{k: r[k] for k in ("epoch", "train_loss", "train_acc", "test_acc", "val_acc") if k in r}
+                  for r in hist],
+        **env,
+    }
+    vals = [(r["val_acc"], r["test_acc"], r["epoch"]) for r in hist if "val_acc" in r and "test_acc" in r]
+    if vals:
+        v = max(vals, key=lambda t: t[0])
+        row.update({"val_selected_test_acc": v[1], "val_selected_epoch": v[2]})
+    return row
+
+
+def write_row(row: dict, out=None, bench="train") -> None:
+    out = Path(out or ROOT / "benchmarks" / "results" / f"{bench}.jsonl")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps({k: row[k] for k in ("config", "epochs", "test_acc", "best_test_acc", "train_images_per_s",
+                                          "peak_memory_mib", "wall_s", "device")}))
+
+
 def run(config_path: str, overrides, data_dir=None, out=None, bench="train", resume=False) -> dict:
     ov = list(overrides) + ([f"data.data_dir={data_dir}"] if data_dir else [])
     cfg = load_config(config_path, ov)
@@ -37,40 +78,26 @@ def run(config_path: str, overrides, data_dir=None, out=None, bench="train", res
     if trainer.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(trainer.device)
     t0 = time.perf_counter()
-    final = trainer.fit()
+    trainer.fit()
     wall = time.perf_counter() - t0
-    hist = trainer.history
-    ips = [r["train_images_per_s"] for r in hist[1:]] or [hist[0]["train_images_per_s"]]
-    tests = [(r["test_acc"], r["epoch"]) for r in hist if "test_acc" in r]
-    row = {
-        "bench": bench,
-        "config": _rel(config_path),
-        "overrides": [o for o in overrides if not o.startswith("train.out_dir=")],
-        "model": cfg.model, "rule": cfg.rule, "data": cfg.data["name"], "dataset": trainer.dataset.describe(),
-        "seed": cfg.train.seed, "epochs": cfg.train.epochs,
-        "shortened": bool(cfg.train.max_steps_per_epoch),
-        "test_acc": final.get("test_acc"), "selection": "final epoch",
-        "best_test_acc": max(tests)[0] if tests else None, "best_test_epoch": max(tests)[1] if tests else None,
-        "train_images_per_s": sum(ips) / len(ips),
-        "peak_memory_mib": (torch.cuda.max_memory_allocated(trainer.device) / 2**20
-                            if trainer.device.type == "cuda" else None),
-        "wall_s": wall,
-        "train_time_total_s": sum(r["train_time_s"] for r in hist),
-        "resumed": bool(resume),
-        "curve": [{k: r[k] for k in ("epoch", "train_loss", "train_acc", "test_acc", "val_acc") if k in r}
-                  for r in hist],
-        **trainer.env,
-    }
-    vals = [(r["val_acc"], r["test_acc"], r["epoch"]) for r in hist if "val_acc" in r and "test_acc" in r]
-    if vals:
-        v = max(vals, key=lambda t: t[0])
-        row.update({"val_selected_test_acc": v[1], "val_selected_epoch": v[2]})
-    out = Path(out or ROOT / "benchmarks" / "results" / f"{bench}.jsonl")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "a") as f:
-        f.write(json.dumps(row) + "\n")
-    print(json.dumps({k: row[k] for k in ("config", "test_acc", "best_test_acc", "train_images_per_s",
-                                          "peak_memory_mib", "wall_s", "device")}))
+    peak = torch.cuda.max_memory_allocated(trainer.device) / 2**20 if trainer.device.type == "cuda" else None
+    row = result_row(cfg, trainer.history, trainer.env, config_path, overrides, trainer.dataset.describe(), bench,
+                     peak, wall, resume)
+    write_row(row, out, bench)
+    return row
+
+
+def record(run_dir: str, config_path: str, overrides, out=None, bench="train") -> dict:
+    """Write the line of a run that was stopped before its last epoch (e.g. out of GPU time),
+    from its run directory (metrics.jsonl and the last checkpoint's environment)."""
+    from bioprop.train import RunConfig, latest_checkpoint, load_checkpoint
+
+    rd = Path(run_dir)
+    hist = [json.loads(l) for l in (rd / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    state = load_checkpoint(latest_checkpoint(rd))
+    cfg = RunConfig.from_dict(state["config"])
+    row = result_row(cfg, hist, state["env"], config_path, overrides, cfg.data["name"], bench)
+    write_row(row, out, bench)
     return row
 
 
@@ -81,9 +108,13 @@ def main() -> None:
     p.add_argument("--out")
     p.add_argument("--bench", default="train")
     p.add_argument("--resume", action="store_true", help="continue the run's last checkpoint")
+    p.add_argument("--record", metavar="RUN_DIR", help="only write the line of a run stopped early")
     p.add_argument("overrides", nargs="*")
     a = p.parse_args()
-    run(a.config, a.overrides, a.data_dir, a.out, a.bench, a.resume)
+    if a.record:
+        record(a.record, a.config, a.overrides, a.out, a.bench)
+    else:
+        run(a.config, a.overrides, a.data_dir, a.out, a.bench, a.resume)
 
 
 if __name__ == "__main__":

@@ -191,6 +191,9 @@ def test_spectral_norm_bounds_the_true_operator_norm(layer, in_shape):
         kernel_sigma = float(torch.linalg.matrix_norm(v.reshape(v.shape[0], -1), ord=2))
         op_sigma = operator_norm(op, v)
         assert abs(kernel_sigma - op_sigma) > 0.01 * op_sigma
+        # ... and the 'kernel' option reproduces it (the reference's normalisation, for ablations)
+        ref = SpectralNormOperator(layer.double(), in_shape, g_init=0.7, init_iters=300, sigma_of="kernel")
+        assert abs(float(ref.sigma().detach()) - kernel_sigma) < 1e-6 * kernel_sigma
 
 
 def test_feedback_gain_is_not_born_saturated():

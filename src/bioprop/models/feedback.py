@@ -73,6 +73,9 @@ class F64C5Config:
     dropout: float = 0.2
     fb_gain_init: float = 0.9
     power_iters: int = 1
+    #: 'operator': sigma of the convolution operator (default); 'kernel': of the reshaped kernel,
+    #: as the reference does (for ablations)
+    sigma_of: Literal["operator", "kernel"] = "operator"
 
 
 @dataclass
@@ -258,5 +261,6 @@ def f64c5(c: F64C5Config) -> nn.Module:
     ho, wo = conv_out(h, c.kernel, c.stride, c.padding), conv_out(w, c.kernel, c.stride, c.padding)
     fb = nn.Conv2d(c.channels, c.channels, c.kernel, padding=c.kernel // 2, bias=False)
     _reference_init(fb)
-    op = SpectralNormOperator(fb, (c.channels, ho, wo), g_init=c.fb_gain_init, power_iters=c.power_iters)
+    op = SpectralNormOperator(fb, (c.channels, ho, wo), g_init=c.fb_gain_init, power_iters=c.power_iters,
+                              sigma_of=c.sigma_of)
     return FeedbackSNN(enc, op, c.num_classes, c.in_shape, _neuron(c), c.time_steps, c.dropout)

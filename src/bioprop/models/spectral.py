@@ -32,7 +32,8 @@ class SpectralNormOperator(nn.Module):
     """
 
     def __init__(self, layer: nn.Module, in_shape: Tuple[int, ...], g_init: float = 0.9,
-                 norm_range: float = 1.0, power_iters: int = 1, init_iters: int = 50):
+                 norm_range: float = 1.0, power_iters: int = 1, init_iters: int = 50,
+                 sigma_of: str = "operator"):
         super().__init__()
         if not isinstance(layer, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
             raise TypeError(f"SpectralNormOperator: unsupported layer {type(layer).__name__}")
@@ -40,7 +41,12 @@ class SpectralNormOperator(nn.Module):
             raise ValueError("SpectralNormOperator: the layer must have no bias (a feedback operator is linear)")
         if not -norm_range < g_init < norm_range:
             raise ValueError(f"g_init must lie inside (-{norm_range}, {norm_range}) to receive gradient, got {g_init}")
+        if sigma_of not in ("operator", "kernel"):
+            raise ValueError(f"sigma_of must be 'operator' or 'kernel', got {sigma_of!r}")
         self.kind = type(layer).__name__
+        # 'kernel' reproduces the reference: sigma of the weight reshaped to [dim0, rest], which
+        # for a convolution is not its operator norm (kept for ablations against the reference)
+        self.sigma_of = "operator" if self.kind == "Linear" else sigma_of
         self.opts = {}
         if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
             self.opts = dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups)
@@ -51,10 +57,11 @@ class SpectralNormOperator(nn.Module):
         self.norm_range = float(norm_range)
         self.power_iters = int(power_iters)
         self.in_shape = tuple(in_shape)
-        v = torch.randn((1,) + self.in_shape, generator=torch.Generator().manual_seed(0)).to(self.weight_v.dtype)
+        self.out_shape = tuple(self.apply_op(torch.zeros((1,) + self.in_shape, dtype=self.weight_v.dtype),
+                                             self.weight_v.detach()).shape[1:])
+        v_shape = (1,) + self.in_shape if self.sigma_of == "operator" else (1, self.weight_v[0].numel())
+        v = torch.randn(v_shape, generator=torch.Generator().manual_seed(0)).to(self.weight_v.dtype)
         self.register_buffer("v", v / v.norm())
-        out = self.apply_op(self.v, self.weight_v)
-        self.out_shape = tuple(out.shape[1:])
         self.power_iteration(init_iters)
 
     # the operator A_V and its adjoint A_V^T
@@ -76,21 +83,27 @@ class SpectralNormOperator(nn.Module):
             return F.conv_transpose2d(y, w, output_padding=tuple(pad), **o)
         return F.conv2d(y, w, **o)
 
+    def _fwd(self, v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return self.apply_op(v, w) if self.sigma_of == "operator" else v @ w.reshape(w.shape[0], -1).t()
+
+    def _adj(self, u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return self.apply_adjoint(u, w) if self.sigma_of == "operator" else u @ w.reshape(w.shape[0], -1)
+
     @torch.no_grad()
     def power_iteration(self, n: int) -> None:
         """``n`` steps of ``v <- A^T A v / ||A^T A v||`` on the persistent vector ``v``."""
         w = self.weight_v.detach()
         v = self.v
         for _ in range(n):
-            u = self.apply_op(v, w)
+            u = self._fwd(v, w)
             u = u / u.norm().clamp_min(1e-12)
-            v = self.apply_adjoint(u, w)
+            v = self._adj(u, w)
             v = v / v.norm().clamp_min(1e-12)
         self.v.copy_(v)
 
     def sigma(self) -> torch.Tensor:
         """Estimate of the largest singular value ``||A_V v||`` (differentiable in ``V``)."""
-        return self.apply_op(self.v, self.weight_v).norm()
+        return self._fwd(self.v, self.weight_v).norm()
 
     def weight(self, update: bool = False) -> torch.Tensor:
         """``clamp(g) V / sigma(V)``; with ``update``, first advance the power iteration."""
@@ -103,7 +116,7 @@ class SpectralNormOperator(nn.Module):
         return self.apply_op(x, weight)
 
     def extra_repr(self) -> str:
-        return f"{self.kind}, in_shape={self.in_shape}, norm_range={self.norm_range}"
+        return f"{self.kind}, in_shape={self.in_shape}, norm_range={self.norm_range}, sigma_of={self.sigma_of}"
 
 
 def operator_norm(op: SpectralNormOperator, weight: torch.Tensor) -> float:
