@@ -37,7 +37,7 @@ PUBLISHED = {
 }
 
 
-def train_table(name: str = "train.jsonl") -> str:
+def train_table(name: str = "train.jsonl", published: bool = True) -> str:
     rows = _rows(name)
     if not rows:
         return f"_No results in benchmarks/results/{name} yet._\n"
@@ -55,13 +55,17 @@ def train_table(name: str = "train.jsonl") -> str:
         secs = r.get("train_time_total_s") or r.get("wall_s")
         tt = "-" if secs is None else f"{secs / 60:.1f} min"
         out.append(f"| `{r['config']}`{ov} | {r['data']} | {r['rule']['name']} | {T} | {ep} | {r['seed']} "
-                   f"| {acc} | {_pct(r.get('best_test_acc'))} | {PUBLISHED.get(r['config'], '-')} "
+                   f"| {acc} | {_pct(r.get('best_test_acc'))} | {PUBLISHED.get(r['config'], '-') if published else '-'} "
                    f"| {r['train_images_per_s']:,.0f} | {tt} | {mem} | {r['device']} | {r.get('commit') or '-'} |")
     return "\n".join(out) + "\n"
 
 
 def results_markdown() -> str:
-    return "**Training runs** (`benchmarks/results/train.jsonl`, from `benchmarks/train_bench.py`)\n\n" + train_table()
+    return ("**Training runs** (`benchmarks/results/train.jsonl`, from `benchmarks/train_bench.py`)\n\n"
+            + train_table() + "\n**Ablation: spectral norm of the F64C5 feedback convolution** "
+            "(`benchmarks/results/ablation_f64c5_sigma.jsonl`; 10-epoch schedule, x0.1 at 5 and 8, both runs "
+            "sharing one GPU; `sigma_of=kernel` is the reference's normalisation)\n\n"
+            + train_table("ablation_f64c5_sigma.jsonl", published=False))
 
 
 if __name__ == "__main__":

@@ -279,3 +279,14 @@ def test_f400_lif_config_runs_from_the_cli(tmp_path, capsys):
                "model.time_steps=3", "train.epochs=1", f"train.out_dir={tmp_path}"])
     assert rc == 0
     assert '"test_acc"' in capsys.readouterr().out
+
+
+def test_feedback_norm_range_bounds_the_operator():
+    torch.manual_seed(0)
+    m = create_model("f64c5", in_shape=[1, 8, 8], channels=3, kernel=3, fb_norm_range=1.8, fb_gain_init=0.5).double()
+    with torch.no_grad():
+        m.feedback.g.fill_(5.0)
+        m.feedback.power_iteration(300)
+    assert abs(operator_norm(m.feedback, m.feedback.weight().detach()) - 1.8) < 1e-3
+    with pytest.raises(ValueError, match="g_init"):
+        create_model("f400", fb_gain_init=1.0)

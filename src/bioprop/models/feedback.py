@@ -55,6 +55,7 @@ class F400Config:
     time_steps: int = 5
     dropout: float = 0.2
     fb_gain_init: float = 0.9
+    fb_norm_range: float = 1.0
     power_iters: int = 1
 
 
@@ -72,6 +73,9 @@ class F64C5Config:
     time_steps: int = 30
     dropout: float = 0.2
     fb_gain_init: float = 0.9
+    #: bound r on the feedback gain: ||W|| <= r (the reference's 1; any r < threshold keeps the
+    #: equilibrium map contractive)
+    fb_norm_range: float = 1.0
     power_iters: int = 1
     #: 'operator': sigma of the convolution operator (default); 'kernel': of the reshaped kernel,
     #: as the reference does (for ablations)
@@ -248,7 +252,8 @@ def f400(c: F400Config) -> nn.Module:
     _reference_init(enc[1])
     fb = nn.Linear(c.hidden, c.hidden, bias=False)
     _reference_init(fb)
-    op = SpectralNormOperator(fb, (c.hidden,), g_init=c.fb_gain_init, power_iters=c.power_iters)
+    op = SpectralNormOperator(fb, (c.hidden,), g_init=c.fb_gain_init, norm_range=c.fb_norm_range,
+                              power_iters=c.power_iters)
     return FeedbackSNN(enc, op, c.num_classes, c.in_shape, _neuron(c), c.time_steps, c.dropout)
 
 
@@ -261,6 +266,6 @@ def f64c5(c: F64C5Config) -> nn.Module:
     ho, wo = conv_out(h, c.kernel, c.stride, c.padding), conv_out(w, c.kernel, c.stride, c.padding)
     fb = nn.Conv2d(c.channels, c.channels, c.kernel, padding=c.kernel // 2, bias=False)
     _reference_init(fb)
-    op = SpectralNormOperator(fb, (c.channels, ho, wo), g_init=c.fb_gain_init, power_iters=c.power_iters,
-                              sigma_of=c.sigma_of)
+    op = SpectralNormOperator(fb, (c.channels, ho, wo), g_init=c.fb_gain_init, norm_range=c.fb_norm_range,
+                              power_iters=c.power_iters, sigma_of=c.sigma_of)
     return FeedbackSNN(enc, op, c.num_classes, c.in_shape, _neuron(c), c.time_steps, c.dropout)
