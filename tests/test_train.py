@@ -102,3 +102,10 @@ def test_cli_train_eval_list(tmp_path, capsys):
 def test_cli_rejects_unknown_key(capsys):
     assert main(["train", "train.epoch=1"]) == 2
     assert "did you mean 'epochs'" in capsys.readouterr().err
+
+
+def test_bf16_autocast_and_validation_split(tmp_path):
+    t = Trainer(_config(tmp_path, epochs=1, amp="bf16"), log=_quiet)
+    row = t.fit()
+    assert 0 <= row["test_acc"] <= 1 and "val_acc" in row
+    assert all(p.dtype == torch.float32 for p in t.model.parameters())  # parameters stay fp32
