@@ -278,3 +278,42 @@ def spiking_mlp(c: SpikingMLPConfig) -> nn.Module:
 @MODELS.register("spiking_convnet", SpikingConvNetConfig, "convnet of LIF/IF neurons: [conv3-BN-LIF-pool2] x 2, FC 256-LIF, readout")
 def spiking_convnet(c: SpikingConvNetConfig) -> nn.Module:
     return _spiking(_convnet_blocks(c), c)
+
+
+@dataclass
+class PCCNNConfig:
+    in_shape: Tuple[int, ...] = (1, 28, 28)
+    num_classes: int = 10
+
+
+class BlockSequence(nn.Sequential):
+    """An ``nn.Sequential`` whose children are the declared blocks, with an input-shape check."""
+
+    is_spiking = False
+
+    def __init__(self, blocks: Sequence[nn.Module], in_shape: Tuple[int, ...]):
+        super().__init__(*blocks)
+        self.in_shape = tuple(in_shape)
+
+    def blocks(self) -> List[nn.Module]:
+        return list(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.in_shape, type(self).__name__)
+        return super().forward(x)
+
+
+@MODELS.register("pc_cnn", PCCNNConfig,
+                 "Rosenbaum's 5-block MNIST CNN: conv3 10-ReLU-pool2 | conv3 5-ReLU | FC 50 | FC 30 | FC 10")
+def pc_cnn(c: PCCNNConfig) -> nn.Module:
+    ch, h, w = c.in_shape
+    h1, w1 = conv_out(h, 3) // 2, conv_out(w, 3) // 2
+    h2, w2 = conv_out(h1, 3), conv_out(w1, 3)
+    blocks = [
+        nn.Sequential(nn.Conv2d(ch, 10, 3), nn.ReLU(), nn.MaxPool2d(2)),
+        nn.Sequential(nn.Conv2d(10, 5, 3), nn.ReLU(), nn.Flatten()),
+        nn.Sequential(nn.Linear(5 * h2 * w2, 50), nn.ReLU()),
+        nn.Sequential(nn.Linear(50, 30), nn.ReLU()),
+        nn.Linear(30, c.num_classes),
+    ]
+    return BlockSequence(blocks, c.in_shape)

@@ -1,0 +1,47 @@
+"""Helpers shared by the benchmark scripts: environment record, timing, JSON-lines output."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from bioprop.train import environment  # noqa: E402
+
+
+def time_ms(fn: Callable[[], None], device: torch.device, warmup: int = 5, repeat: int = 30) -> Dict[str, float]:
+    """Median and spread of ``fn``'s wall time in ms (device-synchronised; CUDA events on GPU)."""
+    for _ in range(warmup):
+        fn()
+    times: List[float] = []
+    for _ in range(repeat):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize(device)
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(1e3 * (time.perf_counter() - t0))
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times), "repeat": repeat}
+
+
+def write_lines(path: Path, rows: List[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+
+
+__all__ = ["ROOT", "environment", "time_ms", "write_lines"]

@@ -1,0 +1,113 @@
+"""Predictive coding against exact BP: FixedPred(1, L) and Exact are BP; eta < 1 converges
+geometrically; Strict approaches BP as the output error shrinks; Strict's energy decreases."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bioprop import create_model, create_rule
+from bioprop.models import blocks_of
+from bioprop.rules.predictive_coding import pc_errors
+
+
+def _model(kind, dtype=torch.float64):
+    torch.manual_seed(0)
+    if kind == "mlp":
+        m = create_model("mlp", in_shape=[1, 6, 6], hidden=[12, 10, 8], num_classes=4)
+        x = torch.randn(16, 1, 6, 6)
+    else:
+        m = create_model("pc_cnn")
+        x = torch.randn(16, 1, 28, 28)
+    y = torch.randint(0, 4, (16,))
+    return m.to(dtype), x.to(dtype), y
+
+
+def _bp(m, x, y, loss_fn=F.cross_entropy):
+    params = list(m.parameters())
+    return torch.autograd.grad(loss_fn(m(x), y), params)
+
+
+def _pc(m, x, y, loss_fn=F.cross_entropy, **kw):
+    blocks = blocks_of(m)
+    r = pc_errors(blocks, x, y, loss_fn, **kw)
+    return torch.autograd.grad(r.outputs, list(m.parameters()), r.eps), r
+
+
+def _relerr(a, b):
+    return max(float((u - v).norm() / v.norm()) for u, v in zip(a, b))
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_fixed_pred_eta1_n_depth_is_exact_bp(kind):
+    m, x, y = _model(kind)
+    L = len(blocks_of(m))
+    for n in (L, L + 3):
+        g, r = _pc(m, x, y, variant="fixed_pred", eta=1.0, n=n)
+        assert _relerr(g, _bp(m, x, y)) < 1e-10
+        assert r.vjps == L - 1  # one input VJP per block: zero errors and settled errors are skipped
+    g, _ = _pc(m, x, y, variant="fixed_pred", eta=1.0, n=L - 1)
+    assert _relerr(g, _bp(m, x, y)) > 1e-3  # one sweep short: the first block's error is still zero
+
+
+def test_fixed_pred_float32_stays_within_1e5_of_bp_on_the_cnn():
+    m, x, y = _model("cnn", torch.float32)
+    g, _ = _pc(m, x, y, variant="fixed_pred", eta=1.0)
+    assert _relerr(g, _bp(m, x, y)) < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_exact_is_bp(kind):
+    m, x, y = _model(kind)
+    g, _ = _pc(m, x, y, variant="exact")
+    assert _relerr(g, _bp(m, x, y)) < 1e-10
+
+
+def test_small_eta_error_to_bp_falls_geometrically():
+    m, x, y = _model("mlp")
+    bp = _bp(m, x, y)
+    errs = [_relerr(_pc(m, x, y, variant="fixed_pred", eta=0.5, n=n)[0], bp) for n in (10, 20, 30, 40)]
+    assert all(b < a for a, b in zip(errs, errs[1:]))
+    ratios = [b / a for a, b in zip(errs, errs[1:])]
+    assert max(ratios) < 0.2 and errs[-1] < 1e-5
+
+
+def test_strict_approaches_bp_as_output_error_shrinks():
+    m, x, y = _model("mlp")
+    errs = []
+    for scale in (1.0, 1e-2, 1e-4):
+        loss_fn = lambda o, t, s=scale: s * F.cross_entropy(o, t)  # noqa: E731
+        g, _ = _pc(m, x, y, loss_fn, variant="strict", eta=0.2, n=300)
+        errs.append(_relerr(g, _bp(m, x, y, loss_fn)))
+    assert errs[2] < errs[1] < errs[0] and errs[2] < 1e-3
+
+
+def test_strict_energy_decreases_monotonically_with_small_eta():
+    m, x, y = _model("cnn")
+    _, r = _pc(m, x, y, variant="strict", eta=0.05, n=30)
+    e = r.energies
+    assert len(e) == 31 and all(b <= a + 1e-12 for a, b in zip(e, e[1:])) and e[-1] < e[0]
+
+
+def test_rule_fills_grad_and_compares_with_bp():
+    m, x, y = _model("cnn", torch.float32)
+    rule = create_rule("pc", compare_every=1)
+    m = rule.prepare(m)
+    m.zero_grad()
+    out = rule.step(m, x, y, F.cross_entropy)
+    bp = _bp(m, x, y)
+    assert _relerr([p.grad for p in m.parameters()], bp) < 1e-5
+    for l in range(1, 6):
+        assert out.stats[f"pc/angle/{l}"] < 0.1 and out.stats[f"pc/relerr/{l}"] < 1e-5
+    assert out.stats["pc/vjps"] == 4.0
+    strict = create_rule("pc", variant="strict", eta=0.1, n=20, compare_every=1)
+    m.zero_grad()
+    out = strict.step(m, x, y, F.cross_entropy)
+    assert out.stats["pc/angle/1"] > 1.0  # Strict(0.1, 20) is an approximation
+
+
+def test_pc_rejects_models_without_blocks_and_bad_settings():
+    with pytest.raises(TypeError, match="block sequence"):
+        create_rule("pc").prepare(torch.nn.Linear(3, 2))
+    m, x, y = _model("mlp")
+    with pytest.raises(ValueError, match="eta"):
+        pc_errors(blocks_of(m), x, y, F.cross_entropy, eta=0.0)
