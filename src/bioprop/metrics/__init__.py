@@ -61,7 +61,7 @@ def synaptic_operations(layer: nn.Module, spikes: torch.Tensor) -> torch.Tensor:
 
 def cosine(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-30) -> float:
     """Cosine similarity of two tensors seen as flat vectors."""
-    a, b = a.flatten().double(), b.flatten().double()
+    a, b = a.detach().flatten().double(), b.detach().flatten().double()
     return float((a @ b) / (a.norm() * b.norm()).clamp_min(eps))
 
 

@@ -1,0 +1,338 @@
+"""Credit assignment without weight symmetry: the "Two Routes" family (Kunin et al., ICML 2020).
+
+Every ``nn.Linear`` / ``nn.Conv2d`` of a model is converted (``rule.prepare``) into a layer that
+holds a forward kernel ``W`` and a backward kernel ``B`` **of the same shape** (``weight`` and
+``weight_b``). The forward pass uses ``W``; the error travels back through ``B``
+(``dx = dy B`` for a linear layer, the transposed convolution with ``B`` for a convolution);
+``dW`` is the ordinary local gradient. ``B = W`` is exact backprop. BatchNorm, pooling and
+residual additions keep ordinary backprop.
+
+``B`` learns by minimising a layer-local regulariser built from these primitives (``E`` = batch
+mean over the layer input ``x``; ``A_W x`` = the layer's linear map with kernel ``W``, ``A_B^T``
+= the backward map with ``B``; ``W`` is held constant inside ``R``):
+
+    decay  = ||B||^2                       (the ||W||^2 half is constant in B)
+    sparse = E ||A_B x||^2                 (+ E||A_W x||^2, constant)
+    amp    = -E <A_W x, A_B x>
+    null   = E ||A_B^T A_W x||^2           (the forward reconstruction term of the reference code)
+    self   = -<W, B>_F
+
+Rules (defaults of the reference code; fixed points for a Linear layer, in this module's
+convention where ``B`` has ``W``'s shape):
+
+| rule | R | x | fixed point |
+| fa | - (B fixed random) | | |
+| sign_symmetry | B = sign(W) * scale (uSF: scale = init std; brSF / frSF magnitudes) | | |
+| kp | dB = dW, weight decay on both (the optimizer's) | | B - W -> 0 |
+| wm | alpha decay + beta amp (1e-3, 1e-3) | N(0, sigma^2) | B = beta sigma^2 / (2 alpha) W |
+| ia | alpha amp + beta null + gamma decay (2e-3, 1e-3, 1e-3) | noise | B = (alpha / 2 beta)(W W^T + gamma / (beta sigma^2) I)^-1 W |
+| sa | alpha decay + beta self (1e-3, 2e-3) | - | B = beta / (2 alpha) W |
+| aa | alpha sparse + beta amp (1e-3, 2e-3) | data | B = beta / (2 alpha) W on the data's span |
+
+For convolutions the primitives sum over output positions, so with zero padding the optimum is
+not a multiple of ``W``. The gradient of ``R`` is added to ``B.grad`` each step (scaled by
+``reg_scale``), so any optimizer trains ``B`` beside ``W``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Literal, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..metrics import angle_degrees
+from .base import RULES, LossFn, Rule, StepOutput
+
+__all__ = ["FBLinear", "FBConv2d", "convert_layers", "fb_layers", "AlignmentRule", "AlignmentConfig",
+           "regularizer"]
+
+
+class _LinearFB(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, b, wb):  # type: ignore[override]
+        ctx.save_for_backward(x, wb)
+        ctx.has_bias = b is not None
+        return F.linear(x, w, b)
+
+    @staticmethod
+    def backward(ctx, dy):  # type: ignore[override]
+        x, wb = ctx.saved_tensors
+        dx = dy @ wb.to(dy.dtype)
+        dw = dy.reshape(-1, dy.shape[-1]).t() @ x.reshape(-1, x.shape[-1]).to(dy.dtype)
+        db = dy.reshape(-1, dy.shape[-1]).sum(0) if ctx.has_bias else None
+        return dx, dw, db, None
+
+
+class _Conv2dFB(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, b, wb, stride, padding, dilation, groups):  # type: ignore[override]
+        ctx.save_for_backward(x, wb)
+        ctx.conf = (stride, padding, dilation, groups)
+        ctx.has_bias = b is not None
+        ctx.w_shape = w.shape
+        return F.conv2d(x, w, b, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, dy):  # type: ignore[override]
+        x, wb = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conf
+        dx = torch.nn.grad.conv2d_input(x.shape, wb.to(dy.dtype), dy, stride, padding, dilation, groups)
+        dw = torch.nn.grad.conv2d_weight(x.to(dy.dtype), ctx.w_shape, dy, stride, padding, dilation, groups)
+        db = dy.sum((0, 2, 3)) if ctx.has_bias else None
+        return dx, dw, db, None, None, None, None, None
+
+
+class FBLinear(nn.Linear):
+    """``nn.Linear`` whose error travels back through ``weight_b`` (same shape as ``weight``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if getattr(self, "use_w_backward", False):
+            return F.linear(x, self.weight, self.bias)
+        return _LinearFB.apply(x, self.weight, self.bias, self.weight_b)
+
+    def forward_b(self, x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, kernel)
+
+    def backward_map(self, y: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        return y @ kernel
+
+
+class FBConv2d(nn.Conv2d):
+    """``nn.Conv2d`` whose error travels back through the transposed convolution with ``weight_b``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if getattr(self, "use_w_backward", False):
+            return super().forward(x)
+        return _Conv2dFB.apply(x, self.weight, self.bias, self.weight_b, self.stride, self.padding,
+                               self.dilation, self.groups)
+
+    def forward_b(self, x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, kernel, None, self.stride, self.padding, self.dilation, self.groups)
+
+    def backward_map(self, y: torch.Tensor, kernel: torch.Tensor, in_shape=None) -> torch.Tensor:
+        return torch.nn.grad.conv2d_input(in_shape, kernel, y, self.stride, self.padding, self.dilation,
+                                          self.groups)
+
+
+def fb_layers(model: nn.Module) -> Iterator[Tuple[str, nn.Module]]:
+    for name, m in model.named_modules():
+        if isinstance(m, (FBLinear, FBConv2d)):
+            yield name, m
+
+
+def _init_like(w: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Independent draw from PyTorch's default init of ``w`` (kaiming uniform, a = sqrt(5))."""
+    fan_in = w[0].numel()
+    bound = 1.0 / math.sqrt(fan_in)
+    return (torch.rand(w.shape, generator=generator, device=w.device, dtype=w.dtype) * 2 - 1) * bound
+
+
+def convert_layers(model: nn.Module, generator: torch.Generator) -> int:
+    """Swap every ``nn.Linear`` / ``nn.Conv2d`` for its B-carrying twin, in place; ``B`` drawn
+    independently of ``W``. The forward output is unchanged. Returns the number converted."""
+    count = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear:
+                new = FBLinear.__new__(FBLinear)
+            elif type(child) is nn.Conv2d:
+                if child.padding_mode != "zeros" or isinstance(child.padding, str):
+                    raise NotImplementedError(f"{name}: only zero padding given as numbers is supported")
+                new = FBConv2d.__new__(FBConv2d)
+            else:
+                continue
+            new.__dict__ = child.__dict__.copy()
+            new._parameters = dict(child._parameters)
+            new._buffers = dict(child._buffers)
+            new._modules = dict(child._modules)
+            new.weight_b = nn.Parameter(_init_like(child.weight.detach(), generator))
+            setattr(parent, name, new)
+            count += 1
+    return count
+
+
+@dataclass
+class AlignmentConfig:
+    """Metaparameters of the Two Routes regularisers (reference defaults per rule when ``None``).
+
+    ``sigma``: std of the noise input (wm, ia); ``reg_scale``: factor on dR/dB added to B.grad;
+    ``sign_mode``: sign_symmetry's magnitudes ('usf': init std; 'brsf': redrawn each step;
+    'frsf': fixed at init); ``noisy_updates``: std of the noise ``lr * xi`` added to every
+    trainable variable after each optimizer step (the robustness study; 0: off);
+    ``compare_every``: every N steps log the angle of each layer's update to the BP gradient.
+    """
+
+    alpha: Optional[float] = None
+    beta: Optional[float] = None
+    gamma: Optional[float] = None
+    sigma: float = 1.0
+    reg_scale: float = 1.0
+    sign_mode: Literal["usf", "brsf", "frsf"] = "usf"
+    noisy_updates: float = 0.0
+    compare_every: int = 0
+
+
+DEFAULTS = {"wm": (1e-3, 1e-3, 0.0), "ia": (2e-3, 1e-3, 1e-3), "sa": (1e-3, 2e-3, 0.0), "aa": (1e-3, 2e-3, 0.0)}
+
+
+def regularizer(rule: str, layer: nn.Module, x: torch.Tensor, alpha: float, beta: float, gamma: float) -> torch.Tensor:
+    """R(B) of ``rule`` for ``layer`` on inputs ``x`` (W constant), differentiable in ``weight_b``."""
+    W, B = layer.weight.detach(), layer.weight_b
+    if rule == "sa":
+        return alpha * (B * B).sum() - beta * (W * B).sum()
+    n = x.shape[0]
+    yw = layer.forward_b(x, W)
+    yb = layer.forward_b(x, B)
+    amp = -(yw * yb).sum() / n
+    if rule == "wm":
+        return alpha * (B * B).sum() + beta * amp
+    if rule == "aa":
+        return alpha * (yb * yb).sum() / n + beta * amp
+    if rule == "ia":
+        back = layer.backward_map(yw, B) if isinstance(layer, FBLinear) else layer.backward_map(yw, B, x.shape)
+        null = (back * back).sum() / n
+        return alpha * amp + beta * null + gamma * (B * B).sum()
+    raise ValueError(f"no regulariser for rule {rule!r}")
+
+
+class AlignmentRule(Rule):
+    """A layer rule: converts Linear/Conv2d layers, then trains like BP with B in the backward pass."""
+
+    def __init__(self, name: str, config: AlignmentConfig):
+        super().__init__(config)
+        self.name = name
+        a, b, g = DEFAULTS.get(name, (0.0, 0.0, 0.0))
+        self.alpha = a if config.alpha is None else config.alpha
+        self.beta = b if config.beta is None else config.beta
+        self.gamma = g if config.gamma is None else config.gamma
+        self.steps = 0
+        self._inputs: Dict[str, torch.Tensor] = {}
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        model = super().prepare(model)
+        if not any(True for _ in fb_layers(model)):
+            if convert_layers(model, self.generator) == 0:
+                raise TypeError(f"rule {self.name!r}: the model has no nn.Linear or nn.Conv2d layer to convert")
+        for _, layer in fb_layers(model):
+            if self.name in ("fa", "sign_symmetry"):
+                layer.weight_b.requires_grad_(False)
+            if self.name == "sign_symmetry":
+                layer.sign_scale = float(layer.weight_b.detach().std())
+                layer.sign_mag = layer.weight_b.detach().abs().clone()  # frSF magnitudes
+        if self.name == "sign_symmetry":
+            self._resign(model)
+        if self.name in ("wm", "ia", "aa"):
+            for name, layer in fb_layers(model):
+                layer.register_forward_pre_hook(self._grab(name))
+        return model
+
+    def _grab(self, name: str):
+        """Record the layer's input shape (wm, ia: noise of that shape) or the input itself (aa)."""
+        def hook(module, args):
+            if module.training:
+                module.input_shape = tuple(args[0].shape)
+                if self.name == "aa":
+                    self._inputs[name] = args[0].detach()
+        return hook
+
+    @torch.no_grad()
+    def _resign(self, model: nn.Module) -> None:
+        for _, layer in fb_layers(model):
+            s = torch.sign(layer.weight)
+            if self.config.sign_mode == "usf":
+                layer.weight_b.copy_(s * layer.sign_scale)
+            elif self.config.sign_mode == "frsf":
+                layer.weight_b.copy_(s * layer.sign_mag)
+            else:
+                mag = _init_like(layer.weight, self.generator).abs()
+                layer.weight_b.copy_(s * mag)
+
+    def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, scaler=None) -> StepOutput:
+        logits = self.forward(model, x)
+        loss = loss_fn(logits, y)
+        self.backward(loss, scaler)
+        stats: Dict[str, float] = {}
+        if self.name == "kp":
+            for _, layer in fb_layers(model):
+                if layer.weight.grad is not None:
+                    g = layer.weight.grad.detach()
+                    layer.weight_b.grad = g.clone() if layer.weight_b.grad is None else layer.weight_b.grad + g
+        elif self.name in DEFAULTS:
+            for name, layer in fb_layers(model):
+                if self.name == "aa":
+                    inp = self._inputs.pop(name, None)
+                    if inp is None:
+                        continue
+                elif self.name in ("wm", "ia"):
+                    shape = getattr(layer, "input_shape", None)
+                    if shape is None:
+                        continue
+                    inp = torch.randn(shape, generator=self.generator, device=layer.weight.device,
+                                      dtype=layer.weight.dtype) * self.config.sigma
+                else:
+                    inp = None
+                with torch.enable_grad():
+                    r = regularizer(self.name, layer, inp, self.alpha, self.beta, self.gamma)
+                    (g,) = torch.autograd.grad(r, layer.weight_b)
+                g = g * self.config.reg_scale
+                layer.weight_b.grad = g if layer.weight_b.grad is None else layer.weight_b.grad + g
+        self.steps += 1
+        for name, layer in fb_layers(model):
+            stats[f"align/B_W_angle/{name}"] = angle_degrees(layer.weight_b.detach(), layer.weight.detach())
+        if self.config.compare_every and self.steps % self.config.compare_every == 0:
+            stats.update(self.compare(model, x, y, loss_fn))
+        return StepOutput(loss.detach(), logits.detach(), stats)
+
+    def compare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn) -> Dict[str, float]:
+        """Angle (degrees) between each layer's weight gradient under this rule and under BP."""
+        layers = list(fb_layers(model))
+        ours = {n: l.weight.grad.detach().clone() for n, l in layers if l.weight.grad is not None}
+        for _, l in layers:
+            l.use_w_backward = True
+        try:
+            params = [l.weight for _, l in layers]
+            grads = torch.autograd.grad(loss_fn(model(x), y), params, allow_unused=True)
+        finally:
+            for _, l in layers:
+                l.use_w_backward = False
+        return {f"align/update_angle/{n}": angle_degrees(ours[n], g)
+                for (n, _), g in zip(layers, grads) if g is not None and n in ours}
+
+    @torch.no_grad()
+    def after_step(self, model: nn.Module) -> None:
+        if self.config.noisy_updates > 0:
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.add_(torch.randn(p.shape, generator=self.generator, device=p.device, dtype=p.dtype)
+                           * self.config.noisy_updates)
+        if self.name == "sign_symmetry":
+            self._resign(model)
+
+    def state_dict(self):
+        return {**super().state_dict(), "steps": self.steps}
+
+    def load_state_dict(self, state) -> None:
+        super().load_state_dict(state)
+        self.steps = state.get("steps", 0)
+
+
+def _register(name: str, help: str) -> None:
+    @RULES.register(name, AlignmentConfig, help)
+    def _make(c: AlignmentConfig) -> Rule:
+        return AlignmentRule(name, c)
+
+
+for _name, _help in [
+    ("fa", "feedback alignment: errors through a fixed random B (Lillicrap et al. 2016)"),
+    ("sign_symmetry", "sign symmetry: B = sign(W) x scale (uSF; brSF, frSF options)"),
+    ("kp", "Kolen-Pollack: dB = dW with matched weight decay, B -> W"),
+    ("wm", "weight mirror: B learns alpha decay + beta amp on noise (Two Routes)"),
+    ("ia", "information alignment: alpha amp + beta null + gamma decay on noise (Two Routes)"),
+    ("sa", "symmetric alignment: alpha decay + beta self, B -> W (Two Routes, non-local)"),
+    ("aa", "activation alignment: alpha sparse + beta amp on real inputs (Two Routes, non-local)"),
+]:
+    _register(_name, _help)

@@ -1,0 +1,207 @@
+"""Two Routes rules: FA with B = W is BP; each regulariser drives B to its fixed point; the
+conversion keeps the forward pass; angle metrics; KP under BPTT trains a spiking net."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bioprop import create_model, create_rule
+from bioprop.metrics import angle_degrees
+from bioprop.rules.alignment import FBConv2d, FBLinear, convert_layers, fb_layers, regularizer
+
+
+def _net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(2, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(4, 3, 3, padding=2),
+                         nn.ReLU(), nn.Flatten(), nn.Linear(3 * 6 * 6, 5)).double()
+
+
+def test_conversion_keeps_forward_and_fa_with_b_equal_w_is_bp():
+    m = _net()
+    x = torch.randn(7, 2, 8, 8, dtype=torch.float64)
+    y = torch.randint(0, 5, (7,))
+    out_ref = m(x)
+    bp = torch.autograd.grad(F.cross_entropy(out_ref, y), list(m.parameters()))
+    rule = create_rule("fa")
+    m = rule.prepare(m)
+    assert sum(1 for _ in fb_layers(m)) == 3
+    assert torch.equal(m(x), out_ref)
+    with torch.no_grad():
+        for _, l in fb_layers(m):
+            l.weight_b.copy_(l.weight)
+    m.zero_grad()
+    rule.step(m, x, y, F.cross_entropy)
+    fa = [p.grad for n, p in m.named_parameters() if not n.endswith("weight_b")]
+    for a, b in zip(fa, bp):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert all(not l.weight_b.requires_grad for _, l in fb_layers(m))  # FA's B is fixed
+
+
+def test_b_is_a_parameter_initialised_independently():
+    m = _net()
+    create_rule("kp").prepare(m)
+    names = [n for n, _ in m.named_parameters()]
+    assert "0.weight_b" in names and "5.weight_b" in names
+    for _, l in fb_layers(m):
+        assert abs(angle_degrees(l.weight_b, l.weight) - 90) < 45  # unrelated draws
+
+
+def _optimise(rule, layer, inputs, steps=3000, lr=0.5):
+    opt = torch.optim.SGD([layer.weight_b], lr=lr)
+    a, b, g = {"wm": (1e-3, 1e-3, 0), "ia": (2e-3, 1e-3, 1e-3), "sa": (1e-3, 2e-3, 0), "aa": (1e-3, 2e-3, 0)}[rule]
+    for i in range(steps):
+        x = inputs(i)
+        opt.zero_grad()
+        r = regularizer(rule, layer, x, a, b, g)
+        r.backward()
+        opt.step()
+    return a, b, g
+
+
+def _linear(seed=0):
+    torch.manual_seed(seed)
+    lin = nn.Linear(6, 4, bias=False).double()
+    convert_layers(nn.Sequential(lin), torch.Generator().manual_seed(1))
+    return lin
+
+
+def test_sa_fixed_point():
+    seq = nn.Sequential(nn.Linear(6, 4).double())
+    convert_layers(seq, torch.Generator().manual_seed(1))
+    layer = seq[0]
+    a, b, _ = _optimise("sa", layer, lambda i: None, steps=100, lr=250.0)
+    torch.testing.assert_close(layer.weight_b.detach(), b / (2 * a) * layer.weight.detach(), rtol=1e-6, atol=1e-8)
+
+
+def test_wm_fixed_point_with_exact_noise_moments():
+    seq = nn.Sequential(nn.Linear(6, 4).double())
+    convert_layers(seq, torch.Generator().manual_seed(1))
+    layer = seq[0]
+    # E over noise replaced by a whitened sample: x^T x / n = sigma^2 I exactly
+    q, _ = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64))
+    x = q * math.sqrt(6)  # x^T x / 6 = I
+    a, b, _ = _optimise("wm", layer, lambda i: x, steps=100, lr=250.0)
+    torch.testing.assert_close(layer.weight_b.detach(), b / (2 * a) * layer.weight.detach(), rtol=1e-5, atol=1e-8)
+
+
+def test_ia_fixed_point():
+    seq = nn.Sequential(nn.Linear(6, 4).double())
+    convert_layers(seq, torch.Generator().manual_seed(1))
+    layer = seq[0]
+    q, _ = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64))
+    x = q * math.sqrt(6)
+    a, b, g = _optimise("ia", layer, lambda i: x, steps=300, lr=150.0)
+    W = layer.weight.detach()
+    expected = a / (2 * b) * torch.linalg.solve(W @ W.T + g / b * torch.eye(4, dtype=torch.float64), W)
+    torch.testing.assert_close(layer.weight_b.detach(), expected, rtol=1e-4, atol=1e-7)
+
+
+def test_aa_fixed_point_on_the_data_span():
+    seq = nn.Sequential(nn.Linear(6, 4).double())
+    convert_layers(seq, torch.Generator().manual_seed(1))
+    layer = seq[0]
+    q, _ = torch.linalg.qr(torch.randn(6, 3, dtype=torch.float64))
+    x = q.T * math.sqrt(3)  # rank-3 data (x^T x / 3 = projector): B^T = W only on its span
+    a, b, _ = _optimise("aa", layer, lambda i: x, steps=100, lr=250.0)
+    W, B = layer.weight.detach(), layer.weight_b.detach()
+    torch.testing.assert_close(x @ B.T, b / (2 * a) * (x @ W.T), rtol=1e-4, atol=1e-7)
+
+
+def test_kp_with_matched_decay_drives_b_to_w():
+    torch.manual_seed(0)
+    m = create_model("mlp", in_shape=[8], hidden=[6], num_classes=3)
+    rule = create_rule("kp")
+    m = rule.prepare(m)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1, weight_decay=0.05)
+    diffs = []
+    for i in range(300):
+        x = torch.randn(16, 8)
+        y = torch.randint(0, 3, (16,))
+        opt.zero_grad()
+        rule.step(m, x, y, F.cross_entropy)
+        opt.step()
+        if i % 100 == 0 or i == 299:
+            diffs.append(sum(float((l.weight - l.weight_b).detach().norm()) for _, l in fb_layers(m)))
+    # both kernels get the same gradient, so W - B shrinks exactly as (1 - lr wd)^t
+    assert abs(diffs[-1] / diffs[0] - (1 - 0.1 * 0.05) ** 299) < 1e-4
+
+
+def test_conv_regulariser_optimum_is_not_a_multiple_of_w():
+    torch.manual_seed(0)
+    seq = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, bias=False).double())
+    convert_layers(seq, torch.Generator().manual_seed(1))
+    layer = seq[0]
+    x = torch.randn(64, 2, 5, 5, dtype=torch.float64)  # one fixed noise sample
+    a, b, _ = _optimise("wm", layer, lambda i: x, steps=80, lr=250.0)
+    # the optimum solved directly: R is quadratic in B, so solve H vec(B) = -grad R(0)
+    B0 = torch.zeros_like(layer.weight_b)
+
+    trained = layer.weight_b.detach().clone()
+    flat = B0.flatten()
+
+    def Rb(v):  # WM's regulariser written out: alpha ||B||^2 - beta E <conv(x, W), conv(x, B)>
+        W = layer.weight.detach()
+        return a * (v * v).sum() - b * (layer.forward_b(x, W) * layer.forward_b(x, v.view_as(W))).sum() / x.shape[0]
+
+    H = torch.autograd.functional.hessian(Rb, flat)
+    g0 = torch.autograd.functional.jacobian(Rb, torch.zeros_like(flat))
+    opt_b = torch.linalg.solve(H, -g0).view_as(B0)
+    torch.testing.assert_close(trained, opt_b, rtol=1e-5, atol=1e-7)
+    ratio = opt_b / layer.weight.detach()
+    assert float(ratio.std() / ratio.mean().abs()) > 1e-2  # zero padding: not a multiple of W
+
+
+def test_angle_metrics_agree_with_direct_computation():
+    m = _net()
+    x = torch.randn(5, 2, 8, 8, dtype=torch.float64)
+    y = torch.randint(0, 5, (5,))
+    bp = dict(zip([n for n, _ in m.named_parameters()], torch.autograd.grad(F.cross_entropy(m(x), y), list(m.parameters()))))
+    rule = create_rule("fa", compare_every=1)
+    m = rule.prepare(m)
+    out = rule.step(m, x, y, F.cross_entropy)
+    for name, l in fb_layers(m):
+        direct = math.degrees(math.acos(float(torch.nn.functional.cosine_similarity(
+            l.weight_b.flatten(), l.weight.flatten(), dim=0))))
+        assert abs(out.stats[f"align/B_W_angle/{name}"] - direct) < 1e-9
+        upd = angle_degrees(l.weight.grad, bp[f"{name}.weight"])
+        assert abs(out.stats[f"align/update_angle/{name}"] - upd) < 1e-9
+    assert out.stats["align/update_angle/5"] < 1e-4  # the last layer's gradient is exact under FA
+
+
+def test_kp_under_bptt_trains_a_spiking_net():
+    from bioprop.rules.alignment import AlignmentRule
+
+    torch.manual_seed(0)
+    m = create_model("spiking_mlp", in_shape=[10], hidden=[32], num_classes=2, time_steps=4)
+    kp = create_rule("kp")
+    bptt = create_rule("bptt")
+    m = bptt.prepare(kp.prepare(m))
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 10, generator=g)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    for _ in range(150):
+        opt.zero_grad()
+        bptt.step(m, x, y, F.cross_entropy)
+        for _, l in fb_layers(m):  # KP's B update beside BPTT's
+            l.weight_b.grad = l.weight.grad.clone()
+        opt.step()
+    acc = float((m(x).argmax(1) == y).float().mean())
+    assert acc > 0.9
+    assert isinstance(m.layers[0][1], FBLinear)
+
+
+def test_sign_symmetry_and_noisy_updates():
+    m = _net()
+    rule = create_rule("sign_symmetry", noisy_updates=1e-3)
+    m = rule.prepare(m)
+    for _, l in fb_layers(m):
+        assert torch.equal(torch.sign(l.weight_b), torch.sign(l.weight))
+    before = m[0].weight.detach().clone()
+    rule.after_step(m)
+    assert not torch.equal(before, m[0].weight)
+    for _, l in fb_layers(m):
+        assert torch.equal(torch.sign(l.weight_b), torch.sign(l.weight))
