@@ -172,26 +172,36 @@ def test_angle_metrics_agree_with_direct_computation():
 
 
 def test_kp_under_bptt_trains_a_spiking_net():
-    from bioprop.rules.alignment import AlignmentRule
-
     torch.manual_seed(0)
     m = create_model("spiking_mlp", in_shape=[10], hidden=[32], num_classes=2, time_steps=4)
-    kp = create_rule("kp")
-    bptt = create_rule("bptt")
-    m = bptt.prepare(kp.prepare(m))
-    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    rule = create_rule("kp", model_rule="bptt")
+    m = rule.prepare(m)
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3, weight_decay=1e-4)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(256, 10, generator=g)
     y = (x[:, 0] + x[:, 1] > 0).long()
     for _ in range(150):
         opt.zero_grad()
-        bptt.step(m, x, y, F.cross_entropy)
-        for _, l in fb_layers(m):  # KP's B update beside BPTT's
-            l.weight_b.grad = l.weight.grad.clone()
+        out = rule.step(m, x, y, F.cross_entropy)
         opt.step()
-    acc = float((m(x).argmax(1) == y).float().mean())
-    assert acc > 0.9
-    assert isinstance(m.layers[0][1], FBLinear)
+        rule.after_step(m)
+    assert "rate/lif1" in out.stats  # BPTT's spike statistics come through
+    assert isinstance(m.layers[0][1], FBLinear) and m.layers[0][1].weight_b.grad is not None
+    assert float((rule.predict(m, x).argmax(1) == y).float().mean()) > 0.9
+    with pytest.raises(TypeError, match="spiking"):
+        create_rule("kp", model_rule="bptt").prepare(create_model("mlp"))
+    with pytest.raises(ValueError, match="model rule"):
+        create_rule("kp", model_rule="sa")
+
+
+def test_every_rule_trains_an_mlp_from_the_cli(tmp_path, capsys):
+    from bioprop.cli import main
+
+    for r in ("fa", "sign_symmetry", "kp", "wm", "ia", "sa", "aa"):
+        rc = main(["train", "--device", "cpu", "model=mlp", "model.hidden=[64]", f"rule={r}", "data.train_limit=512",
+                   "optim.name=adam", "optim.lr=1e-3", "train.epochs=1", f"train.out_dir={tmp_path}", f"train.name={r}"])
+        assert rc == 0, r
+        assert '"test_acc"' in capsys.readouterr().out
 
 
 def test_sign_symmetry_and_noisy_updates():

@@ -37,8 +37,8 @@ not a multiple of ``W``. The gradient of ``R`` is added to ``B.grad`` each step 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Dict, Iterator, List, Literal, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Literal, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -164,6 +164,8 @@ class AlignmentConfig:
     'frsf': fixed at init); ``noisy_updates``: std of the noise ``lr * xi`` added to every
     trainable variable after each optimizer step (the robustness study; 0: off);
     ``compare_every``: every N steps log the angle of each layer's update to the BP gradient.
+    ``model_rule`` (+ ``model_rule_config``): the model rule this layer rule stacks under, e.g.
+    ``bptt`` to train a spiking model without weight transport (default ``bp``).
     """
 
     alpha: Optional[float] = None
@@ -174,6 +176,8 @@ class AlignmentConfig:
     sign_mode: Literal["usf", "brsf", "frsf"] = "usf"
     noisy_updates: float = 0.0
     compare_every: int = 0
+    model_rule: str = "bp"
+    model_rule_config: Dict[str, Any] = field(default_factory=dict)
 
 
 DEFAULTS = {"wm": (1e-3, 1e-3, 0.0), "ia": (2e-3, 1e-3, 1e-3), "sa": (1e-3, 2e-3, 0.0), "aa": (1e-3, 2e-3, 0.0)}
@@ -211,9 +215,20 @@ class AlignmentRule(Rule):
         self.gamma = g if config.gamma is None else config.gamma
         self.steps = 0
         self._inputs: Dict[str, torch.Tensor] = {}
+        if config.model_rule in _LAYER_RULES:
+            raise ValueError(f"{name}: model_rule must be a model rule (bp, bptt, ide, ...), not {config.model_rule!r}")
+        self.inner = RULES.create(config.model_rule, **config.model_rule_config)
+
+    def seed(self, seed: int) -> None:
+        super().seed(seed)
+        self.inner.seed(seed + 7919)
+
+    def predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return self.inner.predict(model, x)
 
     def prepare(self, model: nn.Module) -> nn.Module:
         model = super().prepare(model)
+        model = self.inner.prepare(model)
         if not any(True for _ in fb_layers(model)):
             if convert_layers(model, self.generator) == 0:
                 raise TypeError(f"rule {self.name!r}: the model has no nn.Linear or nn.Conv2d layer to convert")
@@ -252,10 +267,9 @@ class AlignmentRule(Rule):
                 layer.weight_b.copy_(s * mag)
 
     def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, scaler=None) -> StepOutput:
-        logits = self.forward(model, x)
-        loss = loss_fn(logits, y)
-        self.backward(loss, scaler)
-        stats: Dict[str, float] = {}
+        inner = self.inner.step(model, x, y, loss_fn, scaler)  # forward + backward through the B kernels
+        loss, logits = inner.loss, inner.logits
+        stats: Dict[str, Any] = dict(inner.stats)
         if self.name == "kp":
             for _, layer in fb_layers(model):
                 if layer.weight.grad is not None:
@@ -285,7 +299,7 @@ class AlignmentRule(Rule):
             stats[f"align/B_W_angle/{name}"] = angle_degrees(layer.weight_b.detach(), layer.weight.detach())
         if self.config.compare_every and self.steps % self.config.compare_every == 0:
             stats.update(self.compare(model, x, y, loss_fn))
-        return StepOutput(loss.detach(), logits.detach(), stats)
+        return StepOutput(loss, logits, stats)
 
     def compare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn) -> Dict[str, float]:
         """Angle (degrees) between each layer's weight gradient under this rule and under BP."""
@@ -303,7 +317,7 @@ class AlignmentRule(Rule):
                 for (n, _), g in zip(layers, grads) if g is not None and n in ours}
 
     @torch.no_grad()
-    def after_step(self, model: nn.Module) -> None:
+    def _after_step(self, model: nn.Module) -> None:
         if self.config.noisy_updates > 0:
             for p in model.parameters():
                 if p.requires_grad:
@@ -312,12 +326,21 @@ class AlignmentRule(Rule):
         if self.name == "sign_symmetry":
             self._resign(model)
 
+    def after_step(self, model: nn.Module) -> None:
+        self._after_step(model)
+        self.inner.after_step(model)
+
     def state_dict(self):
-        return {**super().state_dict(), "steps": self.steps}
+        return {**super().state_dict(), "steps": self.steps, "inner": self.inner.state_dict()}
 
     def load_state_dict(self, state) -> None:
         super().load_state_dict(state)
         self.steps = state.get("steps", 0)
+        if "inner" in state:
+            self.inner.load_state_dict(state["inner"])
+
+
+_LAYER_RULES = ("fa", "sign_symmetry", "kp", "wm", "ia", "sa", "aa")
 
 
 def _register(name: str, help: str) -> None:
@@ -326,7 +349,7 @@ def _register(name: str, help: str) -> None:
         return AlignmentRule(name, c)
 
 
-for _name, _help in [
+for _name, _help in [  # the same order as _LAYER_RULES
     ("fa", "feedback alignment: errors through a fixed random B (Lillicrap et al. 2016)"),
     ("sign_symmetry", "sign symmetry: B = sign(W) x scale (uSF; brSF, frSF options)"),
     ("kp", "Kolen-Pollack: dB = dW with matched weight decay, B -> W"),
