@@ -215,3 +215,30 @@ def test_sign_symmetry_and_noisy_updates():
     assert not torch.equal(before, m[0].weight)
     for _, l in fb_layers(m):
         assert torch.equal(torch.sign(l.weight_b), torch.sign(l.weight))
+
+
+@pytest.mark.parametrize("name,params", [("resnet20", 269_722), ("resnet18", 11_173_962)])
+def test_resnets_convert_and_fa_with_b_equal_w_is_bp(name, params):
+    from bioprop.models import count_parameters
+
+    torch.manual_seed(0)
+    m = create_model(name)
+    assert count_parameters(m) == params
+    m = m.double()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    y = torch.tensor([1, 7])
+    out = m(x)
+    bp = torch.autograd.grad(F.cross_entropy(out, y), list(m.parameters()))
+    rule = create_rule("fa")
+    m = rule.prepare(m)
+    n_conv = sum(1 for mod in m.modules() if isinstance(mod, FBConv2d))
+    assert n_conv == (19 if name == "resnet20" else 20)
+    with torch.no_grad():
+        for _, l in fb_layers(m):
+            l.weight_b.copy_(l.weight)
+    torch.testing.assert_close(m(x), out)
+    m.zero_grad()
+    rule.step(m, x, y, F.cross_entropy)
+    ours = [p.grad for n, p in m.named_parameters() if not n.endswith("weight_b")]
+    for a, b in zip(ours, bp):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
