@@ -61,38 +61,34 @@ def _optimise(rule, layer, inputs, steps=3000, lr=0.5):
     return a, b, g
 
 
-def _linear(seed=0):
-    torch.manual_seed(seed)
-    lin = nn.Linear(6, 4, bias=False).double()
-    convert_layers(nn.Sequential(lin), torch.Generator().manual_seed(1))
-    return lin
+def _fb_linear():
+    seq = nn.Sequential(nn.Linear(6, 4).double())
+    convert_layers(seq, torch.Generator().manual_seed(1))
+    return seq[0]
+
+
+def _whitened(n=6):
+    """n samples of dimension n with x^T x / n = I exactly (the noise's second moment, sigma = 1)."""
+    q, _ = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64))
+    return q * math.sqrt(n)
 
 
 def test_sa_fixed_point():
-    seq = nn.Sequential(nn.Linear(6, 4).double())
-    convert_layers(seq, torch.Generator().manual_seed(1))
-    layer = seq[0]
+    layer = _fb_linear()
     a, b, _ = _optimise("sa", layer, lambda i: None, steps=100, lr=250.0)
     torch.testing.assert_close(layer.weight_b.detach(), b / (2 * a) * layer.weight.detach(), rtol=1e-6, atol=1e-8)
 
 
 def test_wm_fixed_point_with_exact_noise_moments():
-    seq = nn.Sequential(nn.Linear(6, 4).double())
-    convert_layers(seq, torch.Generator().manual_seed(1))
-    layer = seq[0]
-    # E over noise replaced by a whitened sample: x^T x / n = sigma^2 I exactly
-    q, _ = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64))
-    x = q * math.sqrt(6)  # x^T x / 6 = I
+    layer = _fb_linear()
+    x = _whitened()  # E over noise replaced by a whitened sample
     a, b, _ = _optimise("wm", layer, lambda i: x, steps=100, lr=250.0)
     torch.testing.assert_close(layer.weight_b.detach(), b / (2 * a) * layer.weight.detach(), rtol=1e-5, atol=1e-8)
 
 
 def test_ia_fixed_point():
-    seq = nn.Sequential(nn.Linear(6, 4).double())
-    convert_layers(seq, torch.Generator().manual_seed(1))
-    layer = seq[0]
-    q, _ = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64))
-    x = q * math.sqrt(6)
+    layer = _fb_linear()
+    x = _whitened()
     a, b, g = _optimise("ia", layer, lambda i: x, steps=300, lr=150.0)
     W = layer.weight.detach()
     expected = a / (2 * b) * torch.linalg.solve(W @ W.T + g / b * torch.eye(4, dtype=torch.float64), W)
@@ -100,9 +96,7 @@ def test_ia_fixed_point():
 
 
 def test_aa_fixed_point_on_the_data_span():
-    seq = nn.Sequential(nn.Linear(6, 4).double())
-    convert_layers(seq, torch.Generator().manual_seed(1))
-    layer = seq[0]
+    layer = _fb_linear()
     q, _ = torch.linalg.qr(torch.randn(6, 3, dtype=torch.float64))
     x = q.T * math.sqrt(3)  # rank-3 data (x^T x / 3 = projector): B^T = W only on its span
     a, b, _ = _optimise("aa", layer, lambda i: x, steps=100, lr=250.0)

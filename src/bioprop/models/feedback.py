@@ -41,31 +41,17 @@ from ..neurons import NeuronParams, lif_step, rate_init, rate_update, rate_value
 from .base import MODELS, Edge, SpikeRecord, check_input, conv_out, neuron_from
 from .spectral import SpectralNormOperator
 
-__all__ = ["FeedbackSNN", "FeedbackState", "F400Config", "F64C5Config"]
+__all__ = ["FeedbackSNN", "FeedbackState", "FeedbackSNNConfig", "F400Config", "F64C5Config"]
 
 
 @dataclass
-class F400Config:
-    in_shape: Tuple[int, ...] = (1, 28, 28)
-    hidden: int = 400
-    num_classes: int = 10
-    neuron: Literal["lif", "if"] = "lif"
-    leak: float = 0.95
-    threshold: float = 2.0
-    time_steps: int = 5
-    dropout: float = 0.2
-    fb_gain_init: float = 0.9
-    fb_norm_range: float = 1.0
-    power_iters: int = 1
+class FeedbackSNNConfig:
+    """Fields shared by the feedback SNNs: neurons (IF/LIF, leak, threshold Vth), T, dropout
+    (one mask for all steps), and the feedback weight's spectral norm: gain ``g`` starts at
+    ``fb_gain_init`` and is clamped to ``fb_norm_range`` (``||W|| <= r``: the reference's 1; any
+    ``r`` below the threshold keeps the equilibrium map contractive)."""
 
-
-@dataclass
-class F64C5Config:
     in_shape: Tuple[int, ...] = (1, 28, 28)
-    channels: int = 64
-    kernel: int = 5
-    stride: int = 2
-    padding: int = 2
     num_classes: int = 10
     neuron: Literal["lif", "if"] = "lif"
     leak: float = 0.95
@@ -73,10 +59,22 @@ class F64C5Config:
     time_steps: int = 30
     dropout: float = 0.2
     fb_gain_init: float = 0.9
-    #: bound r on the feedback gain: ||W|| <= r (the reference's 1; any r < threshold keeps the
-    #: equilibrium map contractive)
     fb_norm_range: float = 1.0
     power_iters: int = 1
+
+
+@dataclass
+class F400Config(FeedbackSNNConfig):
+    hidden: int = 400
+    time_steps: int = 5
+
+
+@dataclass
+class F64C5Config(FeedbackSNNConfig):
+    channels: int = 64
+    kernel: int = 5
+    stride: int = 2
+    padding: int = 2
     #: 'operator': sigma of the convolution operator (default); 'kernel': of the reshaped kernel,
     #: as the reference does (for ablations)
     sigma_of: Literal["operator", "kernel"] = "operator"
