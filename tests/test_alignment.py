@@ -158,7 +158,7 @@ def test_angle_metrics_agree_with_direct_computation():
     out = rule.step(m, x, y, F.cross_entropy)
     for name, l in fb_layers(m):
         direct = math.degrees(math.acos(float(torch.nn.functional.cosine_similarity(
-            l.weight_b.flatten(), l.weight.flatten(), dim=0))))
+            l.weight_b.detach().flatten(), l.weight.detach().flatten(), dim=0))))
         assert abs(out.stats[f"align/B_W_angle/{name}"] - direct) < 1e-9
         upd = angle_degrees(l.weight.grad, bp[f"{name}.weight"])
         assert abs(out.stats[f"align/update_angle/{name}"] - upd) < 1e-9
