@@ -14,6 +14,7 @@ written by ``tools/make_embedded_mnist.py``). It is the default of the main job 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,10 @@ class DataConfig:
     train_limit: Optional[int] = None
     normalize: bool = True
     drop_last: bool = False
+    #: event datasets (nmnist): number of frames, frame length and start (microseconds)
+    time_steps: int = 30
+    bin_us: int = 1000
+    start_us: int = 0
 
 
 @dataclass
@@ -74,11 +79,13 @@ class Dataset:
     val_y: Optional[torch.Tensor] = None
     crop_padding: int = 0
     flip: bool = False
+    #: samples are time-first spike trains [N, T, C, H, W]; batches come out as [T, B, C, H, W]
+    timed: bool = False
     _cache: Dict[Tuple[str, str], Tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
 
     @property
     def in_shape(self) -> Tuple[int, ...]:
-        return tuple(self.train_x.shape[1:])
+        return tuple(self.train_x.shape[2:] if self.timed else self.train_x.shape[1:])
 
     def describe(self) -> str:
         val = f" / {len(self.val_y)} val" if self.val_y is not None else ""
@@ -87,8 +94,9 @@ class Dataset:
             aug.append(f"crop {self.crop_padding}")
         if self.flip:
             aug.append("flip")
+        steps = f"T={self.train_x.shape[1]} x " if self.timed else ""
         return (f"{self.name} ({len(self.train_y)} train{val} / {len(self.test_y)} test, "
-                f"{'x'.join(map(str, self.in_shape))}, {self.num_classes} classes"
+                f"{steps}{'x'.join(map(str, self.in_shape))}, {self.num_classes} classes"
                 f"{', augment: ' + ' + '.join(aug) if aug else ''})")
 
     def split(self, split: str) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -120,7 +128,7 @@ class Dataset:
         return TensorLoader(x, y, bs, self.mean, self.std, shuffle=shuffle,
                             padding=self.crop_padding if train else 0, flip=self.flip if train else False,
                             generator=generator, drop_last=self.config.drop_last if train else False,
-                            normalize=self.config.normalize)
+                            normalize=self.config.normalize and not self.timed, time_first=self.timed)
 
 
 DATASETS: Registry[Dataset] = Registry("dataset")
@@ -296,3 +304,25 @@ def _cifar10(c: DataConfig) -> Dataset:
 def _cifar100(c: DataConfig) -> Dataset:
     return _cifar("cifar100", c, "cifar-100-python", ["train"], "test", "fine_labels", 100,
                   (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+
+
+@DATASETS.register("nmnist", DataConfig,
+                   "N-MNIST event files binned into T spike frames [T, 2, 34, 34] (time_steps, bin_us, start_us)")
+def _nmnist(c: DataConfig) -> Dataset:
+    from .events import read_nmnist_split
+
+    roots = []
+    for d in search_dirs(c):
+        roots += [d, d / "N-MNIST", d / "nmnist", d / "NMNIST"]
+    root = next((r for r in roots if (r / "Train").is_dir() and (r / "Test").is_dir()), None)
+    if root is None:
+        tried = ", ".join(str(r) for r in roots) or "nowhere (no data_dir, $BIOPROP_DATA unset)"
+        raise DataError(f"nmnist: no Train/ and Test/ folders of N-MNIST event files found; looked in {tried}. "
+                        "Pass --data-dir DIR (or set BIOPROP_DATA) pointing at the unpacked N-MNIST.")
+    if c.time_steps < 1 or c.bin_us < 1:
+        raise ValueError(f"nmnist: time_steps and bin_us must be >= 1, got {c.time_steps}, {c.bin_us}")
+    trx, try_ = read_nmnist_split(root, "Train", c.time_steps, c.bin_us, c.start_us, c.train_limit or 0)
+    tex, tey = read_nmnist_split(root, "Test", c.time_steps, c.bin_us, c.start_us)
+    ds = Dataset("nmnist", torch.from_numpy(trx), torch.from_numpy(try_), torch.from_numpy(tex),
+                 torch.from_numpy(tey), 10, (0.0, 0.0), (1.0, 1.0), c, timed=True)
+    return _carve(ds, dataclasses.replace(c, train_limit=None))

@@ -55,7 +55,7 @@ class TensorLoader:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
                  mean: Sequence[float], std: Sequence[float], shuffle: bool = False, padding: int = 0,
                  flip: bool = False, generator: Optional[torch.Generator] = None, drop_last: bool = False,
-                 normalize: bool = True):
+                 normalize: bool = True, time_first: bool = False):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.images, self.labels = images, labels
@@ -63,13 +63,16 @@ class TensorLoader:
         self.shuffle, self.padding, self.flip = shuffle, int(padding), bool(flip)
         self.generator = generator
         self.drop_last = drop_last
+        self.time_first = time_first
+        if time_first and (padding or flip):
+            raise ValueError("augmentation of spike trains is not supported; set data.augment=false")
         dev = images.device
-        c = images.shape[1]
+        c = images.shape[2] if time_first else images.shape[1]
         m = torch.tensor(mean if normalize else [0.0] * c, dtype=torch.float32, device=dev)
         s = torch.tensor(std if normalize else [1.0] * c, dtype=torch.float32, device=dev)
-        # x = (u8 / 255 - mean) / std  =  u8 * scale + shift
-        self._scale = (1.0 / (255.0 * s)).view(1, -1, 1, 1)
-        self._shift = (-m / s).view(1, -1, 1, 1)
+        # x = (u8 / 255 - mean) / std  =  u8 * scale + shift; spike frames (time_first) pass as 0/1
+        self._scale = (1.0 / (255.0 * s)).view(1, -1, 1, 1) if not time_first else torch.ones((), device=dev)
+        self._shift = (-m / s).view(1, -1, 1, 1) if not time_first else torch.zeros((), device=dev)
 
     def __len__(self) -> int:
         n = len(self.labels)
@@ -83,6 +86,9 @@ class TensorLoader:
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             x = self.images[idx].float()
+            if self.time_first:  # [B, T, C, H, W] -> [T, B, C, H, W]
+                yield (x * self._scale + self._shift).transpose(0, 1), self.labels[idx]
+                continue
             if self.padding or self.flip:
                 x = augment_batch(x, self.padding, self.flip, self.generator)
             yield x * self._scale + self._shift, self.labels[idx]

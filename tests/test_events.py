@@ -1,0 +1,82 @@
+"""N-MNIST event files: round trip, binning, dataset of time-first spike trains, errors."""
+
+import numpy as np
+import pytest
+import torch
+
+from bioprop import create_dataset, create_model, create_rule
+from bioprop.data import DataError
+from bioprop.data.events import bin_events, read_nmnist_events, write_nmnist_events
+
+
+def _events(rng, n=200, t_max=40_000):
+    return np.stack([rng.integers(0, 34, n), rng.integers(0, 34, n), rng.integers(0, 2, n),
+                     np.sort(rng.integers(0, t_max, n))], axis=1)
+
+
+def test_event_file_round_trip_and_bit_layout(tmp_path):
+    rng = np.random.default_rng(0)
+    ev = _events(rng)
+    ev[0] = [33, 5, 1, 8_000_000]  # a timestamp using all 23 bits
+    write_nmnist_events(tmp_path / "a.bin", ev)
+    raw = (tmp_path / "a.bin").read_bytes()
+    # event 0 by hand: x, y, then polarity in bit 7 of byte 2 and the 23-bit timestamp
+    assert raw[0] == 33 and raw[1] == 5 and raw[2] >> 7 == 1
+    assert ((raw[2] & 0x7F) << 16 | raw[3] << 8 | raw[4]) == 8_000_000
+    assert np.array_equal(read_nmnist_events(tmp_path / "a.bin"), ev)
+    (tmp_path / "b.bin").write_bytes(raw[:-2])
+    with pytest.raises(DataError, match="b.bin: truncated"):
+        read_nmnist_events(tmp_path / "b.bin")
+
+
+def test_binning():
+    ev = np.array([[1, 2, 0, 0], [1, 2, 0, 999], [3, 4, 1, 1000], [5, 6, 1, 2500], [7, 8, 0, 9000]])
+    f = bin_events(ev, time_steps=3, bin_us=1000)
+    assert f.shape == (3, 2, 34, 34) and f.dtype == np.uint8
+    assert f[0, 0, 2, 1] == 1 and f[1, 1, 4, 3] == 1 and f[2, 1, 6, 5] == 1
+    assert f.sum() == 3  # two events in one bin give one spike; the event at 9 ms is past T
+    g = bin_events(ev, time_steps=2, bin_us=1000, start_us=1000)
+    assert g[0, 1, 4, 3] == 1 and g[1, 1, 6, 5] == 1 and g.sum() == 2
+
+
+def _write_dataset(root, per_class=2):
+    rng = np.random.default_rng(1)
+    for split in ("Train", "Test"):
+        for d in range(10):
+            (root / split / str(d)).mkdir(parents=True)
+            for i in range(per_class):
+                write_nmnist_events(root / split / str(d) / f"{i:05d}.bin", _events(rng, 50, 10_000))
+
+
+def test_nmnist_dataset_gives_time_first_spike_batches(tmp_path):
+    _write_dataset(tmp_path / "N-MNIST")
+    ds = create_dataset("nmnist", data_dir=str(tmp_path), time_steps=6, bin_us=1000, batch_size=4)
+    assert ds.in_shape == (2, 34, 34) and len(ds.train_y) == 20 and ds.train_x.shape[1] == 6
+    x, y = next(iter(ds.loader("test", "cpu")))
+    assert x.shape == (6, 20, 2, 34, 34) and set(x.unique().tolist()) <= {0.0, 1.0}
+    # the batch equals the frames of the files, in order
+    ev = read_nmnist_events(tmp_path / "N-MNIST" / "Test" / "0" / "00000.bin")
+    assert torch.equal(x[:, 0], torch.from_numpy(bin_events(ev, 6)).float())
+    # a feedback SNN takes the spike input directly (T from the input)
+    m = create_model("f64c5", in_shape=[2, 34, 34], channels=4, time_steps=6)
+    rule = create_rule("ide")
+    m = rule.prepare(m)
+    out = rule.step(m, x, y, torch.nn.functional.cross_entropy)
+    assert torch.isfinite(out.loss)
+
+
+def test_nmnist_missing(tmp_path):
+    with pytest.raises(DataError, match="no Train/ and Test/"):
+        create_dataset("nmnist", data_dir=str(tmp_path))
+
+
+def test_nmnist_config_runs_one_short_epoch(tmp_path, capsys):
+    from pathlib import Path
+
+    from bioprop.cli import main
+
+    _write_dataset(tmp_path / "data")
+    cfg = Path(__file__).resolve().parent.parent / "configs" / "ide_f64c5_nmnist_lif.yaml"
+    rc = main(["train", "--config", str(cfg), "--device", "cpu", "--data-dir", str(tmp_path / "data"),
+               "data.time_steps=5", "model.time_steps=5", "train.epochs=1", f"train.out_dir={tmp_path}"])
+    assert rc == 0 and '"test_acc"' in capsys.readouterr().out
