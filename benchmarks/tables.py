@@ -34,6 +34,9 @@ PUBLISHED = {
     "configs/ide_f400_fmnist_lif.yaml": "90.07 +- 0.10 (best 90.25)",
     "configs/ide_f64c5_mnist_if.yaml": "99.49 +- 0.04 (best 99.55)",
     "configs/ide_f64c5_mnist_lif.yaml": "99.53 +- 0.04 (best 99.59)",
+    "configs/ide_f64c5_nmnist_if.yaml": "99.30 +- 0.04 (best 99.35)",
+    "configs/ide_f64c5_nmnist_lif.yaml": "99.42 +- 0.04 (best 99.47)",
+    "configs/ide_alexnet_f_cifar10_t30_lif.yaml": "91.74 +- 0.09 (best 91.92)",
 }
 
 

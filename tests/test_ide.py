@@ -291,3 +291,44 @@ def test_feedback_norm_range_bounds_the_operator():
     assert abs(operator_norm(m.feedback, m.feedback.weight().detach()) - 1.8) < 1e-3
     with pytest.raises(ValueError, match="g_init"):
         create_model("f400", fb_gain_init=1.0)
+
+
+def test_multilayer_parameter_counts():
+    assert count_parameters(create_model("alexnet_f")) == 3_709_515
+    assert count_parameters(create_model("alexnet_f", num_classes=100)) == 5_184_165
+    assert count_parameters(create_model("cifarnet_f")) == 11_840_011
+    assert count_parameters(create_model("cifarnet_f", num_classes=100)) == 14_789_221
+
+
+def _tiny_multilayer():
+    torch.manual_seed(0)
+    m = create_model("alexnet_f", in_shape=[3, 8, 8], channels=[3, 4, 4, 3, 2], num_classes=3, dropout=0.0,
+                     power_iters=0, time_steps=12).double()
+    with torch.no_grad():  # non-trivial running statistics for the inner BatchNorms
+        for bn in m.bns:
+            bn.running_mean.uniform_(-0.2, 0.2)
+            bn.running_var.uniform_(0.5, 1.5)
+            bn.weight.uniform_(1.0, 2.0)
+            bn.bias.uniform_(0.5, 1.0)
+    return m, torch.randn(4, 3, 8, 8, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("solver", ["broyden", "anderson"])
+def test_multilayer_implicit_gradient_equals_dense_solve(solver):
+    m, x = _tiny_multilayer()
+    y = torch.tensor([0, 1, 2, 1])
+    with torch.no_grad():
+        a, rec = m.simulate(m.begin(x))
+    assert set(rec.spikes) == {f"lif{i}" for i in range(1, 6)}
+    dense = _dense_implicit_grads(m, x, y, a)
+    grads, out = _rule_grads(m, x, y, solver=solver)
+    assert _rel(grads, dense) < 1e-6
+    assert int(m.bns[0].num_batches_tracked) == 1  # inner BN statistics updated once, after the step
+
+
+def test_multilayer_eval_and_spike_input():
+    m, x = _tiny_multilayer()
+    m.eval()
+    assert m(x).shape == (4, 3)
+    spikes = (torch.rand(6, 4, 3, 8, 8, dtype=torch.float64) > 0.5).double()
+    assert m(spikes).shape == (4, 3)

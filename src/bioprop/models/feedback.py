@@ -30,6 +30,7 @@ variational dropout does. Parameter counts equal the reference's (F400: 478,811;
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Dict, List, Literal, Optional, Tuple
 
@@ -267,3 +268,172 @@ def f64c5(c: F64C5Config) -> nn.Module:
     op = SpectralNormOperator(fb, (c.channels, ho, wo), g_init=c.fb_gain_init, norm_range=c.fb_norm_range,
                               power_iters=c.power_iters, sigma_of=c.sigma_of)
     return FeedbackSNN(enc, op, c.num_classes, c.in_shape, _neuron(c), c.time_steps, c.dropout)
+
+
+@dataclass
+class MultiLayerFeedbackConfig(FeedbackSNNConfig):
+    """AlexNet-F / CIFARNet-F: input conv (stride 2) + four conv layers, feedback from the last
+    layer to the first through a stride-2 transposed convolution with one step of delay."""
+
+    in_shape: Tuple[int, ...] = (3, 32, 32)
+    channels: Tuple[int, int, int, int, int] = (96, 256, 384, 384, 256)
+    leak: float = 0.99
+
+
+class MultiLayerFeedbackSNN(nn.Module):
+    """Five (L)IF populations; layer 1 gets ``BN(F x) + W_fb s_5[t-1]``, layer ``l+1`` gets
+    ``BN_l(F_l s_l[t])`` in the same step. Equilibrium map on the last layer:
+
+        a_1 = clamp((W_fb a_5 + F xbar) / Vth),  a_{l+1} = clamp(BN_l(F_l a_l) / Vth),  f(a_5) = a_5.
+
+    BatchNorm of the input layer uses the batch statistics once per step (as in :class:`FeedbackSNN`);
+    the inner layers' BatchNorms use their running statistics in the simulation, the map and its
+    Jacobian alike (one consistent function), and :meth:`update_statistics` moves those running
+    statistics towards the batch statistics of the simulated rates after each step (the
+    reference mixes batch and running statistics between the simulation and the map).
+    """
+
+    is_spiking = True
+
+    def __init__(self, c: MultiLayerFeedbackConfig):
+        super().__init__()
+        ch, h, w = c.in_shape
+        C = list(c.channels)
+        self.in_shape = tuple(c.in_shape)
+        self.encoder = nn.Conv2d(ch, C[0], 3, 2, 1)
+        self.bn = nn.BatchNorm2d(C[0])
+        h1, w1 = conv_out(h, 3, 2, 1), conv_out(w, 3, 2, 1)
+        strides = [1, 2, 1, 1]
+        self.convs = nn.ModuleList([nn.Conv2d(C[i], C[i + 1], 3, strides[i], 1) for i in range(4)])
+        self.bns = nn.ModuleList([nn.BatchNorm2d(C[i + 1]) for i in range(4)])
+        shapes = [(C[0], h1, w1)]
+        for i in range(4):
+            hh, ww = shapes[-1][1:]
+            shapes.append((C[i + 1], conv_out(hh, 3, strides[i], 1), conv_out(ww, 3, strides[i], 1)))
+        self.shapes = shapes
+        for m in [self.encoder, *self.convs]:
+            _reference_init(m)
+        fb = nn.ConvTranspose2d(C[4], C[0], 3, 2, 1, output_padding=1, bias=False)
+        _reference_init(fb)
+        self.feedback = SpectralNormOperator(fb, shapes[4], g_init=c.fb_gain_init, norm_range=c.fb_norm_range,
+                                             power_iters=c.power_iters)
+        if self.feedback.out_shape != shapes[0]:
+            raise ValueError(f"feedback output {self.feedback.out_shape} does not match layer 1 {shapes[0]}")
+        self.classifier = nn.Linear(C[4] * shapes[4][1] * shapes[4][2], c.num_classes)
+        self.neuron = _neuron(c)
+        self.time_steps = int(c.time_steps)
+        self.dropout = float(c.dropout)
+        self.hidden_shape = shapes[4]
+
+    def blocks(self) -> List[nn.Module]:
+        return [nn.Sequential(self.encoder, self.bn), *[nn.Sequential(cv, b) for cv, b in zip(self.convs, self.bns)],
+                self.feedback, self.classifier]
+
+    def graph(self) -> List[Edge]:
+        e = [Edge("input", "lif1", "encoder")]
+        e += [Edge(f"lif{i + 1}", f"lif{i + 2}", f"convs.{i}") for i in range(4)]
+        return e + [Edge("lif5", "lif1", "feedback", delay=1, feedback=True), Edge("lif5", "output", "classifier")]
+
+    @property
+    def threshold(self) -> float:
+        return self.neuron.threshold
+
+    input_average = FeedbackSNN.input_average
+
+    def sample_masks(self, batch: int, generator: Optional[torch.Generator] = None):
+        if not self.training or self.dropout == 0:
+            return None
+        dev = self.classifier.weight.device
+        keep = 1 - self.dropout
+        return {f"l{i}": torch.bernoulli(torch.full((batch,) + s, keep, device=dev), generator=generator) / keep
+                for i, s in enumerate(self.shapes)}
+
+    def begin(self, x: torch.Tensor, masks=None) -> FeedbackState:
+        st = FeedbackSNN.begin(self, x, None)
+        st.masks = masks  # type: ignore[attr-defined]
+        if masks is not None:
+            st.drive = st.drive * masks["l0"]
+            if st.drive_seq is not None:
+                st.drive_seq = st.drive_seq * masks["l0"]
+        return st
+
+    def _layer(self, i: int, a: torch.Tensor, st, detach: bool) -> torch.Tensor:
+        """Input current of layer ``i + 2`` from layer ``i + 1``'s output: running-statistics BN."""
+        conv, bn = self.convs[i], self.bns[i]
+        w, b = (conv.weight.detach(), conv.bias.detach()) if detach else (conv.weight, conv.bias)
+        gw, gb = (bn.weight.detach(), bn.bias.detach()) if detach else (bn.weight, bn.bias)
+        z = F.conv2d(a, w, b, conv.stride, conv.padding)
+        z = F.batch_norm(z, bn.running_mean, bn.running_var, gw, gb, False, 0.0, bn.eps)
+        masks = getattr(st, "masks", None)
+        return z * masks[f"l{i + 1}"] if masks is not None else z
+
+    def _feedback(self, s: torch.Tensor, st, detach: bool) -> torch.Tensor:
+        return self.feedback(s, st.weight.detach() if detach else st.weight)
+
+    @torch.no_grad()
+    def simulate(self, st, time_steps: Optional[int] = None):
+        T = st.drive_seq.shape[0] if st.drive_seq is not None else (time_steps or self.time_steps)
+        drive = st.drive.detach()
+        us: List[Optional[torch.Tensor]] = [None] * 5
+        accs = [None] * 5
+        s_last: Optional[torch.Tensor] = None
+        counts = [torch.zeros((), device=drive.device) for _ in range(5)]
+        for t in range(T):
+            cur = drive if st.drive_seq is None else st.drive_seq[t]
+            if s_last is not None:
+                cur = cur + self._feedback(s_last, st, True)
+            for l in range(5):
+                if l > 0:
+                    cur = self._layer(l - 1, s, st, True)
+                s, us[l] = lif_step(cur, us[l], self.neuron)
+                accs[l] = rate_update(accs[l] if accs[l] is not None else rate_init(s), s, self.neuron.leak)
+                counts[l] += s.sum()
+            s_last = s
+        rec = SpikeRecord(time_steps=T, batch=drive.shape[0])
+        for l in range(5):
+            rec.spikes[f"lif{l + 1}"] = counts[l]
+            rec.neurons[f"lif{l + 1}"] = int(math.prod(self.shapes[l]))
+        st.rates = [rate_value(a) for a in accs]  # type: ignore[attr-defined]
+        return st.rates[-1], rec
+
+    def equilibrium_map(self, a: torch.Tensor, st, detach: bool = False) -> torch.Tensor:
+        drive = st.drive.detach() if detach else st.drive
+        h = torch.clamp((self._feedback(a, st, detach) + drive) / self.threshold, 0, 1)
+        for i in range(4):
+            h = torch.clamp(self._layer(i, h, st, detach) / self.threshold, 0, 1)
+        return h
+
+    @torch.no_grad()
+    def update_statistics(self, st) -> None:
+        """Move the inner BatchNorms' running statistics towards the batch statistics of
+        ``F_l a_l`` at the simulated rates (once per training step)."""
+        rates = getattr(st, "rates", None)
+        if not self.training or rates is None:
+            return
+        for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):
+            z = conv(rates[i])
+            F.batch_norm(z, bn.running_mean, bn.running_var, None, None, True, bn.momentum, bn.eps)
+            bn.num_batches_tracked.add_(1)
+
+    def readout(self, a: torch.Tensor) -> torch.Tensor:
+        return self.classifier(a.flatten(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, _ = self.simulate(self.begin(x))
+        return self.readout(a)
+
+
+@MODELS.register("alexnet_f", MultiLayerFeedbackConfig,
+                 "IDE AlexNet-F: conv 96 s2 + 4 conv layers (BN), transposed-conv feedback 256->96 (delay 1)")
+def alexnet_f(c: MultiLayerFeedbackConfig) -> nn.Module:
+    return MultiLayerFeedbackSNN(c)
+
+
+@dataclass
+class CIFARNetFConfig(MultiLayerFeedbackConfig):
+    channels: Tuple[int, int, int, int, int] = (128, 256, 512, 1024, 512)
+
+
+@MODELS.register("cifarnet_f", CIFARNetFConfig, "IDE CIFARNet-F: AlexNet-F topology with 128/256/512/1024/512 channels")
+def cifarnet_f(c: CIFARNetFConfig) -> nn.Module:
+    return MultiLayerFeedbackSNN(c)

@@ -103,6 +103,8 @@ class IDE(Rule):
         logits = model.readout(a_out)
         loss = loss_fn(logits, y)
         self.backward(loss, scaler)
+        if hasattr(model, "update_statistics"):  # BatchNorm statistics that the map held fixed
+            model.update_statistics(st)
         stats = dict(rec.stats())
         with torch.no_grad():
             stats["fixed_point/distance"] = (a - fa.detach()).norm() / a.norm().clamp_min(1e-12)
