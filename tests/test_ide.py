@@ -332,3 +332,19 @@ def test_multilayer_eval_and_spike_input():
     assert m(x).shape == (4, 3)
     spikes = (torch.rand(6, 4, 3, 8, 8, dtype=torch.float64) > 0.5).double()
     assert m(spikes).shape == (4, 3)
+
+
+@pytest.mark.parametrize("name", ["f400", "alexnet_f"])
+def test_bptt_trains_the_feedback_networks_too(name):
+    torch.manual_seed(0)
+    if name == "f400":
+        m = create_model("f400", in_shape=[6], hidden=8, num_classes=3, time_steps=6)
+        x = torch.randn(8, 6)
+    else:
+        m, x = _tiny_multilayer()  # inner BatchNorms set so that the last layer fires
+    rule = create_rule("bptt")
+    m = rule.prepare(m)
+    out = rule.step(m, x, torch.randint(0, 3, (x.shape[0],)), F.cross_entropy)
+    assert torch.isfinite(out.loss) and float(out.stats["rate/lif1"]) > 0
+    assert m.feedback.weight_v.grad is not None and m.feedback.weight_v.grad.abs().sum() > 0
+    assert m.encoder.weight.grad.abs().sum() > 0 if name == "alexnet_f" else m.encoder[1].weight.grad.abs().sum() > 0

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..neurons import NeuronParams, lif_step, rate_init, rate_update, rate_value
+from ..neurons import NeuronParams, heaviside, lif_step, rate_init, rate_update, rate_value, spike_fn
 from .base import MODELS, Edge, SpikeRecord, check_input, conv_out, neuron_from
 from .spectral import SpectralNormOperator
 
@@ -62,6 +62,8 @@ class FeedbackSNNConfig:
     fb_gain_init: float = 0.9
     fb_norm_range: float = 1.0
     power_iters: int = 1
+    #: surrogate spike derivative used when the network is trained by ``bptt`` instead of ``ide``
+    surrogate: str = "atan"
 
 
 @dataclass
@@ -129,6 +131,7 @@ class FeedbackSNN(nn.Module):
         self.neuron = neuron
         self.time_steps = int(time_steps)
         self.dropout = float(dropout)
+        self.surrogate = "atan"
 
     # -- declared structure -----------------------------------------------------------------
     def blocks(self) -> List[nn.Module]:
@@ -205,8 +208,11 @@ class FeedbackSNN(nn.Module):
 
         Plain-PyTorch reference path: one :func:`bioprop.neurons.lif_step` per time step.
         """
+        return self._simulate(st, time_steps, heaviside, detach=True)
+
+    def _simulate(self, st: FeedbackState, time_steps: Optional[int], spike, detach: bool):
         T = st.drive_seq.shape[0] if st.drive_seq is not None else (time_steps or self.time_steps)
-        drive = st.drive.detach()
+        drive = st.drive.detach() if detach else st.drive
         u: Optional[torch.Tensor] = None
         s: Optional[torch.Tensor] = None
         acc = rate_init(drive)
@@ -214,14 +220,22 @@ class FeedbackSNN(nn.Module):
         for t in range(T):
             cur = drive if st.drive_seq is None else st.drive_seq[t]
             if s is not None:
-                cur = cur + self.feedback_current(s, st)
-            s, u = lif_step(cur, u, self.neuron)
+                cur = cur + self.feedback_current(s, st, detach=detach)
+            s, u = lif_step(cur, u, self.neuron, spike)
             acc = rate_update(acc, s, self.neuron.leak)
-            count += s.sum()
+            count += s.detach().sum()
         rec = SpikeRecord(time_steps=T, batch=drive.shape[0])
         rec.spikes["lif1"] = count
         rec.neurons["lif1"] = int(drive[0].numel())
         return rate_value(acc), rec
+
+    def run(self, x: torch.Tensor) -> Tuple[torch.Tensor, SpikeRecord]:
+        """Differentiable simulation for BPTT: surrogate spikes (``surrogate``), autograd through
+        all T steps; logits from the readout of the (weighted) rate. (The spike input's per-step
+        drive is computed without autograd, so BPTT with spike input trains the layers after it.)"""
+        st = self.begin(x, self.sample_masks(x.shape[-len(self.in_shape) - 1]))
+        a, rec = self._simulate(st, None, spike_fn(self.surrogate), detach=False)
+        return self.readout(a), rec
 
     def equilibrium_map(self, a: torch.Tensor, st: FeedbackState, detach: bool = False) -> torch.Tensor:
         """``f(a) = clamp((W a + F xbar) / Vth, 0, 1)`` (with the dropout masks); ``detach``: the
@@ -242,6 +256,11 @@ def _neuron(c) -> NeuronParams:
     return neuron_from(c.neuron, c.threshold, c.leak)
 
 
+def _with_surrogate(model: nn.Module, c) -> nn.Module:
+    model.surrogate = c.surrogate
+    return model
+
+
 @MODELS.register("f400", F400Config, "IDE F400: FC 784->400 +BN, feedback FC 400->400 (spectral norm), readout")
 def f400(c: F400Config) -> nn.Module:
     n_in = 1
@@ -253,7 +272,7 @@ def f400(c: F400Config) -> nn.Module:
     _reference_init(fb)
     op = SpectralNormOperator(fb, (c.hidden,), g_init=c.fb_gain_init, norm_range=c.fb_norm_range,
                               power_iters=c.power_iters)
-    return FeedbackSNN(enc, op, c.num_classes, c.in_shape, _neuron(c), c.time_steps, c.dropout)
+    return _with_surrogate(FeedbackSNN(enc, op, c.num_classes, c.in_shape, _neuron(c), c.time_steps, c.dropout), c)
 
 
 @MODELS.register("f64c5", F64C5Config,
@@ -267,7 +286,7 @@ def f64c5(c: F64C5Config) -> nn.Module:
     _reference_init(fb)
     op = SpectralNormOperator(fb, (c.channels, ho, wo), g_init=c.fb_gain_init, norm_range=c.fb_norm_range,
                               power_iters=c.power_iters, sigma_of=c.sigma_of)
-    return FeedbackSNN(enc, op, c.num_classes, c.in_shape, _neuron(c), c.time_steps, c.dropout)
+    return _with_surrogate(FeedbackSNN(enc, op, c.num_classes, c.in_shape, _neuron(c), c.time_steps, c.dropout), c)
 
 
 @dataclass
@@ -324,6 +343,7 @@ class MultiLayerFeedbackSNN(nn.Module):
         self.time_steps = int(c.time_steps)
         self.dropout = float(c.dropout)
         self.hidden_shape = shapes[4]
+        self.surrogate = c.surrogate
 
     def blocks(self) -> List[nn.Module]:
         return [nn.Sequential(self.encoder, self.bn), *[nn.Sequential(cv, b) for cv, b in zip(self.convs, self.bns)],
@@ -372,8 +392,11 @@ class MultiLayerFeedbackSNN(nn.Module):
 
     @torch.no_grad()
     def simulate(self, st, time_steps: Optional[int] = None):
+        return self._simulate(st, time_steps, heaviside, detach=True)
+
+    def _simulate(self, st, time_steps: Optional[int], spike, detach: bool):
         T = st.drive_seq.shape[0] if st.drive_seq is not None else (time_steps or self.time_steps)
-        drive = st.drive.detach()
+        drive = st.drive.detach() if detach else st.drive
         us: List[Optional[torch.Tensor]] = [None] * 5
         accs = [None] * 5
         s_last: Optional[torch.Tensor] = None
@@ -381,20 +404,29 @@ class MultiLayerFeedbackSNN(nn.Module):
         for t in range(T):
             cur = drive if st.drive_seq is None else st.drive_seq[t]
             if s_last is not None:
-                cur = cur + self._feedback(s_last, st, True)
+                cur = cur + self._feedback(s_last, st, detach)
             for l in range(5):
                 if l > 0:
-                    cur = self._layer(l - 1, s, st, True)
-                s, us[l] = lif_step(cur, us[l], self.neuron)
+                    cur = self._layer(l - 1, s, st, detach)
+                s, us[l] = lif_step(cur, us[l], self.neuron, spike)
                 accs[l] = rate_update(accs[l] if accs[l] is not None else rate_init(s), s, self.neuron.leak)
-                counts[l] += s.sum()
+                counts[l] += s.detach().sum()
             s_last = s
         rec = SpikeRecord(time_steps=T, batch=drive.shape[0])
         for l in range(5):
             rec.spikes[f"lif{l + 1}"] = counts[l]
             rec.neurons[f"lif{l + 1}"] = int(math.prod(self.shapes[l]))
-        st.rates = [rate_value(a) for a in accs]  # type: ignore[attr-defined]
-        return st.rates[-1], rec
+        st.rates = [rate_value(a).detach() for a in accs]  # type: ignore[attr-defined]
+        return rate_value(accs[-1]), rec
+
+    def run(self, x: torch.Tensor) -> Tuple[torch.Tensor, SpikeRecord]:
+        """Differentiable simulation for BPTT (surrogate spikes, autograd through all T steps),
+        feedback kept: the comparison the IDE paper makes."""
+        st = self.begin(x, self.sample_masks(x.shape[-len(self.in_shape) - 1]))
+        a, rec = self._simulate(st, None, spike_fn(self.surrogate), detach=False)
+        if self.training:
+            self.update_statistics(st)
+        return self.readout(a), rec
 
     def equilibrium_map(self, a: torch.Tensor, st, detach: bool = False) -> torch.Tensor:
         drive = st.drive.detach() if detach else st.drive
