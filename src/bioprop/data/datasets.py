@@ -1,15 +1,37 @@
 """Dataset registry: ``create_dataset(name, **config)``.
 
-Files are looked up in this order: ``data_dir`` (``--data-dir``), ``$BIOPROP_DATA``, and for
-Fashion-MNIST Debian's ``/usr/share/datasets/fashion-mnist`` (package ``dataset-fashion-mnist``).
-Inside a directory the usual layouts are recognised: the files themselves, a dataset subfolder
-(``mnist/``, ``fashion-mnist/``, ``fashion_mnist/``, ``cifar-10-batches-py/``,
-``cifar-100-python/``) and torchvision's ``MNIST/raw/``, ``FashionMNIST/raw/``. Nothing is
-downloaded unless ``download=True``, which uses torchvision (when installed) into ``data_dir``.
+=================  ===========================================================  ==================
+name               files (each IDX file plain or ``.gz``)                        found in subfolder
+=================  ===========================================================  ==================
+``mnist``          ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,     ``mnist/``,
+                   ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``        ``MNIST/raw/``
+``fashion_mnist``  the same four IDX names                                       ``fashion-mnist/``,
+                                                                                 ``fashion_mnist/``,
+                                                                                 ``FashionMNIST/raw/``
+``cifar10``        ``data_batch_1`` .. ``data_batch_5``, ``test_batch``          ``cifar-10-batches-py/``
+``cifar100``       ``train``, ``test`` (``fine_labels``)                         ``cifar-100-python/``
+``mnist_embedded`` shipped inside the package (see below)                        --
+``nmnist``         ``Train/``, ``Test/`` event folders (:mod:`.events`)          ``N-MNIST/``, ``nmnist/``
+=================  ===========================================================  ==================
 
-``mnist_embedded`` is shipped inside the package: the first 20,000 training images and the first
-2,000 test images of MNIST, in the standard gzipped IDX format (``bioprop/data/embedded/``,
-written by ``tools/make_embedded_mnist.py``). It is the default of the main job and of the tests.
+Search order: ``data_dir`` (``--data-dir``), then ``$BIOPROP_DATA``, then for Fashion-MNIST
+Debian's ``/usr/share/datasets/fashion-mnist`` (package ``dataset-fashion-mnist``). In each
+directory the files are looked for directly and in the subfolders above (torchvision's layout
+included); the first directory that holds all of a dataset's files wins. Nothing is downloaded
+unless ``download=True``, which uses torchvision (when installed) into ``data_dir`` (else
+``$BIOPROP_DATA``). A dataset that is not found is a :class:`DataError` that lists every
+directory looked in and these ways to provide it.
+
+``mnist_embedded`` is shipped inside the package: the **first 20,000 training images and the
+first 2,000 test images of MNIST** (in file order, not class-balanced by construction, though all
+ten classes are present), in the standard gzipped IDX format under ``bioprop/data/embedded/``,
+written by ``tools/make_embedded_mnist.py`` and read by the same :func:`.read_idx`. It needs no
+data directory (``data_dir`` and ``download`` are ignored) and is the default of the main job and
+of the tests.
+
+Per-channel ``mean`` / ``std`` are the usual published values: MNIST 0.1307 / 0.3081,
+Fashion-MNIST 0.2860 / 0.3530, CIFAR-10 (0.4914, 0.4822, 0.4465) / (0.2470, 0.2435, 0.2616),
+CIFAR-100 (0.5071, 0.4865, 0.4409) / (0.2673, 0.2564, 0.2762).
 """
 
 from __future__ import annotations
@@ -18,13 +40,13 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
-from ..config import Registry
-from .formats import DataError, read_cifar_batch, read_idx
+from ..config import ConfigError, Registry, from_dict, to_dict
+from .formats import DataError, read_cifar, read_idx
 from .loader import TensorLoader, epoch_generator
 
 __all__ = ["DATASETS", "DataConfig", "Dataset", "create_dataset", "EMBEDDED_DIR", "search_dirs"]
@@ -38,7 +60,9 @@ class DataConfig:
     """Where the data is and how it is served.
 
     ``augment``: ``None`` = the dataset's standard (random crop 4 + flip for CIFAR, none for the
-    MNIST family); ``crop_padding`` / ``flip`` override its parts. ``val_fraction`` carves a
+    MNIST family), ``False`` = none, ``True`` = the standard (for the MNIST family, which has none,
+    an error unless ``crop_padding`` / ``flip`` say what to do); ``crop_padding`` / ``flip``
+    override its parts. Augmentation applies to the training split only. ``val_fraction`` carves a
     validation split from the training set (a fixed permutation seeded by ``split_seed``) so that
     a figure need not be selected on the test set. ``train_limit`` keeps the first N training
     samples (smoke runs).
@@ -64,7 +88,12 @@ class DataConfig:
 
 @dataclass
 class Dataset:
-    """A small dataset held as uint8 tensors ``[N, C, H, W]`` with int64 labels."""
+    """A small dataset held as uint8 tensors ``[N, C, H, W]`` (CPU) with int64 labels ``[N]``.
+
+    ``mean`` / ``std`` are per channel, on the [0, 1] scale; ``in_shape`` is ``(C, H, W)``;
+    ``crop_padding`` / ``flip`` are the training augmentation that :meth:`loader` applies;
+    ``val_x`` / ``val_y`` exist when ``config.val_fraction > 0``.
+    """
 
     name: str
     train_x: torch.Tensor
@@ -88,6 +117,7 @@ class Dataset:
         return tuple(self.train_x.shape[2:] if self.timed else self.train_x.shape[1:])
 
     def describe(self) -> str:
+        """One line, e.g. ``mnist_embedded: 20000 train / 2000 test, 1x28x28, 10 classes``."""
         val = f" / {len(self.val_y)} val" if self.val_y is not None else ""
         aug = []
         if self.crop_padding:
@@ -95,11 +125,12 @@ class Dataset:
         if self.flip:
             aug.append("flip")
         steps = f"T={self.train_x.shape[1]} x " if self.timed else ""
-        return (f"{self.name} ({len(self.train_y)} train{val} / {len(self.test_y)} test, "
+        return (f"{self.name}: {len(self.train_y)} train{val} / {len(self.test_y)} test, "
                 f"{steps}{'x'.join(map(str, self.in_shape))}, {self.num_classes} classes"
-                f"{', augment: ' + ' + '.join(aug) if aug else ''})")
+                f"{', augment: ' + ' + '.join(aug) if aug else ''}")
 
     def split(self, split: str) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The uint8 images and int64 labels of ``"train"``, ``"val"`` or ``"test"`` (on the CPU)."""
         if split == "train":
             return self.train_x, self.train_y
         if split == "test":
@@ -110,10 +141,19 @@ class Dataset:
             return self.val_x, self.val_y
         raise ValueError(f"unknown split {split!r}; choose train, val or test")
 
-    def loader(self, split: str, device, batch_size: Optional[int] = None, shuffle: Optional[bool] = None,
-               seed: int = 0, epoch: int = 0, generator: Optional[torch.Generator] = None) -> TensorLoader:
-        """Batches of ``split`` on ``device``. Training batches are shuffled and augmented with a
-        generator seeded by ``(seed, epoch)``; evaluation batches are neither."""
+    def loader(self, split: str, device: Union[str, torch.device] = "cpu", batch_size: Optional[int] = None,
+               shuffle: Optional[bool] = None, seed: int = 0, epoch: int = 0,
+               generator: Optional[torch.Generator] = None, drop_last: Optional[bool] = None) -> TensorLoader:
+        """Batches of ``split`` on ``device``: ``(x float32 normalised [B, C, H, W], y int64)``.
+
+        The split is copied to ``device`` once (as uint8) and cached on this object, so a loader per
+        epoch costs no copy. Training batches are shuffled and augmented with a generator on
+        ``device`` seeded by ``(seed, epoch)`` (:func:`.epoch_generator`): the batches of an epoch
+        are a function of ``seed`` and ``epoch`` only, so a run resumed at an epoch boundary sees
+        exactly the batches it would have seen. Evaluation splits (``val``, ``test``) are neither
+        shuffled nor augmented. ``batch_size`` defaults to the config's ``batch_size`` (train) or
+        ``eval_batch_size``; ``drop_last`` to the config's (train) or False.
+        """
         device = torch.device(device)
         key = (split, str(device))
         if key not in self._cache:
@@ -125,21 +165,34 @@ class Dataset:
         if generator is None and (shuffle or train):
             generator = epoch_generator(seed, epoch, device)
         bs = batch_size or (self.config.batch_size if train else self.config.eval_batch_size)
+        if drop_last is None:
+            drop_last = self.config.drop_last if train else False
         return TensorLoader(x, y, bs, self.mean, self.std, shuffle=shuffle,
                             padding=self.crop_padding if train else 0, flip=self.flip if train else False,
-                            generator=generator, drop_last=self.config.drop_last if train else False,
+                            generator=generator, drop_last=drop_last,
                             normalize=self.config.normalize and not self.timed, time_first=self.timed)
 
 
 DATASETS: Registry[Dataset] = Registry("dataset")
 
 
-def create_dataset(name: str, config: Optional[DataConfig] = None, **kwargs) -> Dataset:
-    """Load a registered dataset: ``create_dataset("cifar10", data_dir="~/data", batch_size=128)``."""
-    return DATASETS.create(name, config, **kwargs)
+def create_dataset(name: str, /, config: Optional[DataConfig] = None, **kwargs: Any) -> Dataset:
+    """Load a registered dataset: ``create_dataset("cifar10", data_dir="~/data", batch_size=128)``.
+
+    ``kwargs`` are :class:`DataConfig` fields (an unknown key is a :class:`~bioprop.config.ConfigError`
+    naming the valid ones); ``config`` is a ready config, which ``kwargs`` then override.
+    """
+    cls = DATASETS.config_class(name)  # an unknown name is a ConfigError listing the available ones
+    where = f"{DATASETS.kind}[{name}]"
+    if config is None:
+        config = from_dict(cls, kwargs, where=where)
+    elif kwargs:
+        config = from_dict(cls, {**to_dict(config), **kwargs}, where=where)
+    return DATASETS.create(name, config)
 
 
 def search_dirs(c: DataConfig, extra: Sequence[Path] = ()) -> List[Path]:
+    """The directories searched, in order: ``c.data_dir``, ``$BIOPROP_DATA``, then ``extra``."""
     dirs: List[Path] = []
     if c.data_dir:
         dirs.append(Path(c.data_dir).expanduser())
@@ -175,21 +228,33 @@ def _find(c: DataConfig, names: Sequence[str], subdirs: Sequence[str], what: str
 
 
 def _download(name: str, c: DataConfig) -> None:
-    if not c.data_dir:
-        raise DataError(f"{name}: data.download=true needs data.data_dir (where to put the files)")
+    """Fetch ``name`` with torchvision into ``data_dir`` (else ``$BIOPROP_DATA``), in its layout."""
+    target = c.data_dir or os.environ.get("BIOPROP_DATA")
+    if not target:
+        raise DataError(f"{name}: data.download=true needs a directory to put the files in: pass --data-dir DIR "
+                        "(data.data_dir=DIR) or set BIOPROP_DATA=DIR")
+    root = Path(target).expanduser()
     try:
         import torchvision.datasets as tvd  # type: ignore
     except ImportError:
-        raise DataError(f"{name}: data.download=true needs torchvision (pip install torchvision), "
-                        f"or place the files in {c.data_dir} yourself") from None
+        raise DataError(f"{name}: data.download=true needs torchvision: install torchvision "
+                        f"(pip install torchvision) or place the files in {root} yourself") from None
     cls = {"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10,
            "cifar100": tvd.CIFAR100}[name]
-    root = str(Path(c.data_dir).expanduser())
-    for train in (True, False):
-        cls(root, train=train, download=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for train in (True, False):
+            cls(str(root), train=train, download=True)
+    except DataError:
+        raise
+    except Exception as e:  # network errors, checksum mismatches, a read-only directory
+        raise DataError(f"{name}: download with torchvision into {root} failed ({type(e).__name__}: {e}); "
+                        f"place the files in {root} yourself") from None
 
 
 def _carve(ds: Dataset, c: DataConfig) -> Dataset:
+    """Apply ``train_limit`` (first N) and carve ``val_fraction`` of the training set into a validation
+    split with a permutation seeded by ``split_seed`` (both splits keep their file order)."""
     if c.train_limit is not None:
         if c.train_limit < 1:
             raise ValueError(f"data.train_limit must be >= 1, got {c.train_limit}")
@@ -199,6 +264,8 @@ def _carve(ds: Dataset, c: DataConfig) -> Dataset:
             raise ValueError(f"data.val_fraction must be in [0, 1), got {c.val_fraction}")
         n = len(ds.train_y)
         n_val = max(1, int(round(n * c.val_fraction)))
+        if n_val >= n:
+            raise ValueError(f"data.val_fraction={c.val_fraction} of {n} training samples leaves none to train on")
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(c.split_seed))
         val, train = perm[:n_val].sort().values, perm[n_val:].sort().values
         ds.val_x, ds.val_y = ds.train_x[val], ds.train_y[val]
@@ -206,10 +273,22 @@ def _carve(ds: Dataset, c: DataConfig) -> Dataset:
     return ds
 
 
-def _augmentation(c: DataConfig, standard_pad: int, standard_flip: bool) -> Tuple[int, bool]:
-    on = c.augment if c.augment is not None else True
+def _augmentation(name: str, c: DataConfig, standard_pad: int, standard_flip: bool,
+                  default_on: bool) -> Tuple[int, bool]:
+    """``(crop_padding, flip)`` of the training loader.
+
+    ``augment=None`` takes the dataset's standard (``default_on``); ``augment=True`` asks for the
+    standard crop/flip (an error for a dataset that has none, unless ``crop_padding`` or ``flip``
+    says what to do); ``augment=False`` turns it off. ``crop_padding`` and ``flip`` override.
+    """
+    on = default_on if c.augment is None else c.augment
+    if c.augment and not (standard_pad or standard_flip) and c.crop_padding is None and c.flip is None:
+        raise ConfigError(f"dataset[{name}]: augment=true, but {name} has no standard augmentation; say which: "
+                          "crop_padding=N (e.g. 2) and/or flip=true")
     pad = (standard_pad if on else 0) if c.crop_padding is None else c.crop_padding
     flip = (standard_flip if on else False) if c.flip is None else c.flip
+    if pad < 0:
+        raise ConfigError(f"dataset[{name}]: crop_padding must be >= 0, got {pad}")
     return int(pad), bool(flip)
 
 
@@ -219,10 +298,14 @@ def _idx_dataset(name: str, files: Sequence[Path], c: DataConfig, mean: float, s
     for f in files:
         arrays.append(read_idx(f, expect_ndim=3 if "images" in f.name else 1))
     (trx, try_, tex, tey) = arrays
-    for xs, ys, fx in ((trx, try_, files[0]), (tex, tey, files[2])):
+    for xs, ys, fx, fy in ((trx, try_, files[0], files[1]), (tex, tey, files[2], files[3])):
         if len(xs) != len(ys):
-            raise DataError(f"{fx}: {len(xs)} images but {len(ys)} labels in the matching label file")
-    pad, flip = _augmentation(c, 0, False)
+            raise DataError(f"{fx}: {len(xs)} images but {len(ys)} labels in {fy.name}: the two files do not "
+                            "belong together; download both again")
+        if len(ys) and int(ys.max()) >= classes:
+            raise DataError(f"{fy}: labels outside 0..{classes - 1} (max {int(ys.max())}): not a label file of "
+                            f"a {classes}-class dataset")
+    pad, flip = _augmentation(name, c, 0, False, default_on=False)
     ds = Dataset(name, torch.from_numpy(trx.copy()).unsqueeze(1), torch.from_numpy(try_.astype(np.int64)),
                  torch.from_numpy(tex.copy()).unsqueeze(1), torch.from_numpy(tey.astype(np.int64)),
                  classes, (mean,), (std,), c, crop_padding=pad, flip=flip)
@@ -261,8 +344,8 @@ def _fashion(c: DataConfig) -> Dataset:
 @DATASETS.register("mnist_embedded", DataConfig,
                    "MNIST subset shipped in the package: first 20,000 train / first 2,000 test images")
 def _embedded(c: DataConfig) -> Dataset:
-    if c.data_dir or c.download:
-        raise DataError("mnist_embedded is shipped inside the package: data_dir and download do not apply")
+    # shipped inside the package: data_dir / $BIOPROP_DATA / download do not apply (and are ignored, so
+    # that a global --data-dir does not break the default config)
     files = [EMBEDDED_DIR / f"{n}.gz" for n in _IDX_NAMES]
     for f in files:
         if not f.is_file():
@@ -281,14 +364,14 @@ def _cifar(name: str, c: DataConfig, folder: str, train_files: Sequence[str], te
             raise
         _download(name, c)
         files = _find(c, names, [folder], name)
-    parts = [read_cifar_batch(f, label_key) for f in files]
+    parts = [read_cifar(f, label_key) for f in files]
     trx = np.concatenate([p[0] for p in parts[:-1]])
     try_ = np.concatenate([p[1] for p in parts[:-1]])
     tex, tey = parts[-1]
     for f, (_, y) in zip(files, parts):
         if y.min() < 0 or y.max() >= classes:
             raise DataError(f"{f}: labels outside 0..{classes - 1}")
-    pad, flip = _augmentation(c, 4, True)
+    pad, flip = _augmentation(name, c, 4, True, default_on=True)
     ds = Dataset(name, torch.from_numpy(trx), torch.from_numpy(try_), torch.from_numpy(tex),
                  torch.from_numpy(tey), classes, tuple(mean), tuple(std), c, crop_padding=pad, flip=flip)
     return _carve(ds, c)

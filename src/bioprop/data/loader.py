@@ -8,7 +8,7 @@ which is what makes a resumed run bit-identical to an uninterrupted one.
 
 from __future__ import annotations
 
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -16,8 +16,12 @@ import torch.nn.functional as F
 __all__ = ["TensorLoader", "augment_batch", "epoch_generator"]
 
 
-def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
-    """The generator for epoch ``epoch`` of a run seeded with ``seed`` (on ``device``)."""
+def epoch_generator(seed: int, epoch: int, device: Union[str, torch.device] = "cpu") -> torch.Generator:
+    """The generator for epoch ``epoch`` of a run seeded with ``seed``, on ``device``.
+
+    Its seed is a fixed function of ``(seed, epoch)`` only, so the shuffle order and augmentation
+    draws of an epoch do not depend on what ran before it (resuming at an epoch boundary).
+    """
     g = torch.Generator(device=device)
     g.manual_seed((int(seed) * 1_000_003 + int(epoch) * 7919 + 12345) % (2**63 - 1))
     return g
@@ -28,8 +32,13 @@ def augment_batch(x: torch.Tensor, padding: int = 0, flip: bool = False,
     """Per-sample random crop with zero padding and random horizontal flip of ``x[B, C, H, W]``.
 
     Crop: ``x`` is zero-padded by ``padding`` on each side and a window of the original size is
-    taken at an offset drawn uniformly from ``{0..2 padding}^2`` for each sample, in one gather.
-    Flip: each sample is mirrored left-right with probability 1/2.
+    taken at an offset ``(oy, ox)`` drawn uniformly from ``{0..2 padding}^2`` for each sample, in
+    one advanced-indexing gather (no loop over samples): ``out[i] = pad(x)[i, :, oy_i:oy_i+H,
+    ox_i:ox_i+W]``. Flip: each sample is mirrored left-right (last dim) with probability 1/2.
+
+    Draws, in this order, from ``generator`` (which must live on ``x.device``; None = the global
+    RNG): ``oy`` and ``ox`` (``randint``, B each) when ``padding > 0``, then ``rand(B) < 0.5`` (the
+    flipped samples) when ``flip``. Any dtype works (the loader augments uint8 before converting).
     """
     if padding <= 0 and not flip:
         return x
@@ -50,7 +59,17 @@ def augment_batch(x: torch.Tensor, padding: int = 0, flip: bool = False,
 
 
 class TensorLoader:
-    """Iterate ``(x float32 normalised [B, C, H, W], y int64)`` batches of a device-resident split."""
+    """Iterate ``(x float32 normalised [B, C, H, W], y int64)`` batches of a device-resident split.
+
+    ``images`` (uint8 ``[N, C, H, W]``) and ``labels`` (int64 ``[N]``) already live on the device
+    (``Dataset.loader`` moves and caches them); each batch is gathered, augmented (uint8), then
+    converted to ``(u8 / 255 - mean) / std`` (or ``u8 / 255`` without ``normalize``). ``shuffle``
+    draws a permutation from ``generator`` at the start of each iteration; ``len(loader)`` is the
+    number of batches, the last one partial unless ``drop_last``. A loader is meant for one epoch:
+    iterating it again continues its generator (a new order), while a new loader from
+    :func:`epoch_generator` with the same ``(seed, epoch)`` repeats it exactly.
+    ``time_first``: samples are ``[N, T, C, H, W]`` spike frames served as ``[T, B, C, H, W]``.
+    """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
                  mean: Sequence[float], std: Sequence[float], shuffle: bool = False, padding: int = 0,
@@ -85,10 +104,10 @@ class TensorLoader:
                  else torch.arange(n, device=dev))
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            x = self.images[idx].float()
+            x = self.images[idx]
             if self.time_first:  # [B, T, C, H, W] -> [T, B, C, H, W]
-                yield (x * self._scale + self._shift).transpose(0, 1), self.labels[idx]
+                yield (x.float() * self._scale + self._shift).transpose(0, 1), self.labels[idx]
                 continue
             if self.padding or self.flip:
                 x = augment_batch(x, self.padding, self.flip, self.generator)
-            yield x * self._scale + self._shift, self.labels[idx]
+            yield x.float() * self._scale + self._shift, self.labels[idx]
