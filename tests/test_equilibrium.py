@@ -105,3 +105,49 @@ def test_implicit_gradient_of_smooth_equilibrium_equals_dense_and_unrolled():
     gW_u, gU_u = torch.autograd.grad((a_u ** 3).sum(), (W, U))
     assert float((gW - gW_u).norm() / gW_u.norm()) < 1e-8
     assert float((gU - gU_u).norm() / gU_u.norm()) < 1e-8
+
+
+@pytest.mark.parametrize("solver", ["broyden", "anderson", "fixed_point"])
+def test_solvers_are_invariant_to_the_scale_of_b(solver):
+    """dL/da is tiny for a batch-mean loss (~1e-3 per sample): a solver whose regularisation
+    is absolute (as DEQ's Anderson's is) would need more iterations there than at scale 1."""
+    g = torch.Generator().manual_seed(0)
+    J = torch.randn(4, 50, 50, generator=g, dtype=torch.float64)
+    J = J / torch.linalg.matrix_norm(J, ord=2)[:, None, None] * 0.95
+    b = torch.randn(4, 50, generator=g, dtype=torch.float64)
+    vjp = lambda v: torch.einsum("bij,bi->bj", J, v)  # noqa: E731
+    runs = [adjoint_solve(vjp, b * s, solver=solver, max_iter=100, tol=1e-8, strict=True) for s in (1.0, 1e-6)]
+    assert runs[0].iters == runs[1].iters
+    torch.testing.assert_close(runs[1].x / 1e-6, runs[0].x, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("solver", ["broyden", "anderson", "fixed_point"])
+def test_budget_and_memory_are_respected(solver):
+    J, b = _contractive(rho=0.99)
+    calls = [0]
+
+    def vjp(v):
+        calls[0] += 1
+        return torch.einsum("bij,bi->bj", J, v)
+
+    for max_iter in (1, 2, 7):
+        calls[0] = 0
+        r = adjoint_solve(vjp, b, solver=solver, max_iter=max_iter, tol=1e-14, warn=False)
+        assert r.iters == calls[0] <= max_iter and not r.converged
+    r = adjoint_solve(vjp, b, solver=solver, max_iter=300, tol=1e-10, memory=3, strict=True)
+    assert r.converged
+    with pytest.raises(ValueError, match="memory"):
+        adjoint_solve(vjp, b, solver=solver, memory=0)
+
+
+def test_adjoint_solve_ignores_autocast():
+    """A backward pass inside an autocast region would run the VJPs in bf16; the solve must not."""
+    torch.manual_seed(0)
+    W = torch.randn(40, 40) / 15
+    a = torch.rand(4, 40, requires_grad=True)
+    fa = torch.nn.functional.linear(a, W)
+    b = torch.randn(4, 40)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        r = adjoint_solve(jacobian_vjp(fa, a), b, solver="broyden", max_iter=60, tol=1e-6, strict=True)
+    dense = torch.linalg.solve(torch.eye(40) - W.T, b.T).T  # J = W: g = J^T g + b
+    assert float((r.x - dense).norm() / dense.norm()) < 1e-5

@@ -32,11 +32,17 @@ def jacobian_vjp(f_out: torch.Tensor, a_in: torch.Tensor) -> Callable[[torch.Ten
 
 
 def adjoint_solve(vjp: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, solver: str = "broyden",
-                  max_iter: int = 30, tol: float = 1e-4, strict: bool = False, warn: bool = True) -> SolverResult:
-    """Solve ``(I - J^T) g = b``, i.e. ``g = J^T g + b``, from ``g0 = b``; residuals relative to ``||b||``."""
-    with torch.enable_grad():
+                  max_iter: int = 30, tol: float = 1e-4, strict: bool = False, warn: bool = True,
+                  memory: Optional[int] = None) -> SolverResult:
+    """Solve ``(I - J^T) g = b``, i.e. ``g = J^T g + b``, from ``g0 = b``; residuals relative to ``||b||``.
+
+    Autocast is switched off for the solve: a backward pass run inside an autocast region would
+    otherwise evaluate the vector-Jacobian products in bf16/fp16, whose rounding (about 1e-3)
+    keeps the residual above any useful tolerance."""
+    with torch.enable_grad(), torch.autocast(b.device.type, enabled=False):
         return solve(lambda g: vjp(g) + b, b.clone(), solver=solver, max_iter=max_iter, tol=tol,
-                     strict=strict, warn=warn, what="adjoint system (I - J^T) g = dL/da", scale=b)
+                     strict=strict, warn=warn, what="adjoint system (I - J^T) g = dL/da", scale=b,
+                     memory=memory)
 
 
 class _Implicit(torch.autograd.Function):
@@ -55,10 +61,14 @@ class _Implicit(torch.autograd.Function):
 
 def implicit(z: torch.Tensor, a_star: torch.Tensor, vjp: Callable[[torch.Tensor], torch.Tensor],
              solver: str = "broyden", max_iter: int = 30, tol: float = 1e-4, strict: bool = False,
-             warn: bool = True, log: Optional[List[SolverResult]] = None) -> torch.Tensor:
+             warn: bool = True, log: Optional[List[SolverResult]] = None,
+             memory: Optional[int] = None) -> torch.Tensor:
     """Value ``a_star``; gradient: solve ``(I - J^T) g = dL/da*`` with ``vjp`` and back-propagate
-    ``g`` through ``z = f(a_star; theta)``. Each solve's :class:`SolverResult` is appended to ``log``."""
+    ``g`` through ``z = f(a_star; theta)``. Each solve's :class:`SolverResult` is appended to ``log``.
+
+    ``vjp`` is typically :func:`jacobian_vjp` of ``f`` applied once more to a detached copy of
+    ``a_star`` with the parameters held constant, so that the solve sees ``J = df/da`` only."""
     if z.shape != a_star.shape:
         raise ValueError(f"implicit: z {tuple(z.shape)} and a* {tuple(a_star.shape)} differ in shape")
-    options = dict(solver=solver, max_iter=max_iter, tol=tol, strict=strict, warn=warn)
+    options = dict(solver=solver, max_iter=max_iter, tol=tol, strict=strict, warn=warn, memory=memory)
     return _Implicit.apply(z, a_star, vjp, options, log)

@@ -94,25 +94,27 @@ def _result(tr: _Tracker, x0: torch.Tensor, iters: int, tol: float, name: str) -
 @torch.no_grad()
 def fixed_point(h: Fn, x0: torch.Tensor, max_iter: int = 30, tol: float = 1e-4,
                 scale: Optional[torch.Tensor] = None) -> SolverResult:
-    """Plain iteration ``x <- h(x)`` until ``||h(x) - x|| / ||scale|| <= tol``."""
+    """Plain iteration ``x <- h(x)`` until ``||h(x) - x|| / ||scale|| <= tol`` (at most
+    ``max_iter`` evaluations of ``h``)."""
     x = x0
     hx = h(x)
     tr = _Tracker(hx if scale is None else scale)
-    for k in range(1, max_iter + 1):
+    k = 1
+    while True:
         res = tr.update(x, hx - x)
-        if res <= tol or not math.isfinite(res):
+        if res <= tol or not math.isfinite(res) or k >= max_iter:
             return _result(tr, x0, k, tol, "fixed_point")
         x = hx
         hx = h(x)
-    tr.update(x, hx - x)
-    return _result(tr, x0, max_iter + 1, tol, "fixed_point")
+        k += 1
 
 
 @torch.no_grad()
 def anderson(h: Fn, x0: torch.Tensor, max_iter: int = 30, tol: float = 1e-4, m: int = 5,
              beta: float = 1.0, lam: float = 1e-4, scale: Optional[torch.Tensor] = None) -> SolverResult:
     """Anderson acceleration of ``x = h(x)`` (per sample), memory ``m``, mixing ``beta``,
-    Tikhonov regularisation ``lam`` of the small least-squares problem."""
+    Tikhonov regularisation ``lam`` (relative to the mean squared residual of the history) of the
+    small least-squares problem ``min ||sum_i alpha_i G_i||, sum_i alpha_i = 1``."""
     B = x0.shape[0]
     shape = x0.shape
     n = _flat(x0).shape[1]
@@ -123,7 +125,7 @@ def anderson(h: Fn, x0: torch.Tensor, max_iter: int = 30, tol: float = 1e-4, m: 
     Fh[:, 0] = _flat(h(x0))
     tr = _Tracker(Fh[:, 0] if scale is None else scale)
     tr.update(X[:, 0].reshape(shape), Fh[:, 0] - X[:, 0])
-    if tr.best_res <= tol:
+    if tr.best_res <= tol or max_iter <= 1:
         return _result(tr, x0, 1, tol, "anderson")
     X[:, 1] = Fh[:, 0]
     Fh[:, 1] = _flat(h(Fh[:, 0].reshape(shape)))
@@ -138,7 +140,10 @@ def anderson(h: Fn, x0: torch.Tensor, max_iter: int = 30, tol: float = 1e-4, m: 
             break
         nk = min(k, m)
         G = Fh[:, :nk] - X[:, :nk]
-        Hm[:, 1:nk + 1, 1:nk + 1] = torch.bmm(G, G.transpose(1, 2)) + lam * torch.eye(nk, dtype=dt, device=x0.device)[None]
+        GG = torch.bmm(G, G.transpose(1, 2))
+        # Tikhonov term relative to the residuals' scale, so the solver is invariant to scaling b
+        reg = lam * GG.diagonal(dim1=1, dim2=2).mean(1).clamp_min(torch.finfo(dt).tiny)
+        Hm[:, 1:nk + 1, 1:nk + 1] = GG + reg[:, None, None] * torch.eye(nk, dtype=dt, device=x0.device)[None]
         alpha = torch.linalg.solve(Hm[:, :nk + 1, :nk + 1], y[:, :nk + 1])[:, 1:nk + 1, 0]
         xk = beta * (alpha[:, None] @ Fh[:, :nk])[:, 0] + (1 - beta) * (alpha[:, None] @ X[:, :nk])[:, 0]
         X[:, k % m] = xk
@@ -154,7 +159,8 @@ def broyden(h: Fn, x0: torch.Tensor, max_iter: int = 30, tol: float = 1e-4, memo
     """Limited-memory good Broyden on ``G(x) = h(x) - x`` (per sample).
 
     The inverse Jacobian estimate is ``H = -I + sum_i u_i v_i^T``; each step ``x <- x - H G(x)``
-    and the rank-one update ``H += (dx - H dG) (dx^T H) / (dx^T H dG)``.
+    and the rank-one update ``H += (dx - H dG) (dx^T H) / (dx^T H dG)``. At most ``memory``
+    updates are kept; when the history is full it restarts from ``H = -I``.
     """
     shape = x0.shape
     B = shape[0]
@@ -191,15 +197,15 @@ def broyden(h: Fn, x0: torch.Tensor, max_iter: int = 30, tol: float = 1e-4, memo
         res = tr.update(x.reshape(shape), gx_new)
         dg = gx_new - gx
         gx = gx_new
+        if len(Us) >= memory:  # history full: restart from H = -I (dropping only the oldest
+            Us.clear()         # update instead can stall the iteration)
+            VTs.clear()
         vt = rmatvec(dx)
         den = (vt * dg).sum(1, keepdim=True)
         ok = den.abs() > 1e-30
         u = torch.where(ok, (dx - matvec(dg)) / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(dx))
         Us.append(u)
         VTs.append(vt)
-        if len(Us) > memory:
-            Us.pop(0)
-            VTs.pop(0)
         update = -matvec(gx)
     return _result(tr, x0, iters, tol, "broyden")
 
@@ -209,12 +215,25 @@ SOLVERS = {"broyden": broyden, "anderson": anderson, "fixed_point": fixed_point}
 
 def solve(h: Fn, x0: torch.Tensor, solver: str = "broyden", max_iter: int = 30, tol: float = 1e-4,
           strict: bool = False, warn: bool = True, what: str = "fixed point",
-          scale: Optional[torch.Tensor] = None) -> SolverResult:
+          scale: Optional[torch.Tensor] = None, memory: Optional[int] = None) -> SolverResult:
     """Run ``solver`` on ``x = h(x)``; if it misses ``tol``, raise :class:`SolverError` when
-    ``strict`` else (when ``warn``) issue a :class:`SolverWarning` naming the residual."""
+    ``strict`` else (when ``warn``) issue a :class:`SolverWarning` naming the residual.
+
+    ``memory``: the history length of Broyden (rank-one updates kept) or Anderson (``m``);
+    ignored by plain iteration; ``None`` keeps each solver's default (Broyden 30, Anderson 5)."""
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {sorted(SOLVERS)}")
-    r = SOLVERS[solver](h, x0, max_iter=max_iter, tol=tol, scale=scale)
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+    opts = {}
+    if memory is not None:
+        if memory < 1:
+            raise ValueError(f"memory must be >= 1, got {memory}")
+        if solver == "broyden":
+            opts["memory"] = int(memory)
+        elif solver == "anderson":
+            opts["m"] = max(2, int(memory))
+    r = SOLVERS[solver](h, x0, max_iter=max_iter, tol=tol, scale=scale, **opts)
     if not r.converged:
         msg = (f"{solver} solve of the {what} did not converge: relative residual {r.residual:.3g} "
                f"(worst sample {r.max_residual:.3g}) after {r.iters} iterations, tolerance {tol:g}. "
