@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..neurons import NeuronParams, heaviside, lif_step, rate_init, rate_update, rate_value, spike_fn
+from ..metrics import synaptic_operations
 from .base import MODELS, Edge, SpikeRecord, check_input, conv_out, neuron_from
 from .spectral import SpectralNormOperator
 
@@ -91,6 +92,7 @@ class FeedbackState:
     weight: torch.Tensor                    # feedback weight W, with autograd graph
     mask_s: Optional[torch.Tensor]          # dropout mask on W s (None: no dropout)
     drive_seq: Optional[torch.Tensor] = None  # [T, B, ...] per-step drive of a spike input (detached)
+    input_synops: Optional[torch.Tensor] = None  # synaptic operations of a spike input through F
 
 
 def _reference_init(layer: nn.Module) -> None:
@@ -179,7 +181,7 @@ class FeedbackSNN(nn.Module):
         drive = F.batch_norm(z, bn.running_mean, bn.running_var, bn.weight, bn.bias, self.training, bn.momentum, bn.eps)
         if self.training and bn.num_batches_tracked is not None:
             bn.num_batches_tracked.add_(1)
-        drive_seq = None
+        drive_seq = input_synops = None
         if timed:
             with torch.no_grad():
                 shape = [1, -1] + [1] * (z.dim() - 2)
@@ -187,6 +189,8 @@ class FeedbackSNN(nn.Module):
                 shift = (bn.bias - mean * bn.weight / torch.sqrt(var + bn.eps)).view(shape)
                 zs = self.encoder(x.flatten(0, 1)) * scale + shift
                 drive_seq = zs.unflatten(0, x.shape[:2])
+                enc = next(m for m in self.encoder.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
+                input_synops = synaptic_operations(enc, (x != 0).to(x.dtype))
         weight = self.feedback.weight(update=self.training)
         mask_s = None
         if masks is not None:
@@ -194,7 +198,7 @@ class FeedbackSNN(nn.Module):
             mask_s = masks["s"]
             if drive_seq is not None:
                 drive_seq = drive_seq * masks["x"]
-        return FeedbackState(drive, weight, mask_s, drive_seq)
+        return FeedbackState(drive, weight, mask_s, drive_seq, input_synops)
 
     # -- dynamics ---------------------------------------------------------------------------
     def feedback_current(self, s: torch.Tensor, st: FeedbackState, detach: bool = True) -> torch.Tensor:
@@ -213,20 +217,28 @@ class FeedbackSNN(nn.Module):
     def _simulate(self, st: FeedbackState, time_steps: Optional[int], spike, detach: bool):
         T = st.drive_seq.shape[0] if st.drive_seq is not None else (time_steps or self.time_steps)
         drive = st.drive.detach() if detach else st.drive
+        dt = torch.promote_types(drive.dtype, torch.float32)  # membrane in fp32 under autocast too
         u: Optional[torch.Tensor] = None
         s: Optional[torch.Tensor] = None
-        acc = rate_init(drive)
-        count = torch.zeros((), device=drive.device)
+        acc = rate_init(drive.to(dt))
+        smap = torch.zeros(drive.shape[1:], device=drive.device, dtype=dt)  # spikes per neuron (batch sum)
         for t in range(T):
             cur = drive if st.drive_seq is None else st.drive_seq[t]
             if s is not None:
                 cur = cur + self.feedback_current(s, st, detach=detach)
-            s, u = lif_step(cur, u, self.neuron, spike)
+            s, u = lif_step(cur.to(dt), u, self.neuron, spike)
             acc = rate_update(acc, s, self.neuron.leak)
-            count += s.detach().sum()
+            smap += s.detach().sum(0)
+        assert s is not None
         rec = SpikeRecord(time_steps=T, batch=drive.shape[0])
-        rec.spikes["lif1"] = count
+        rec.spikes["lif1"] = smap.sum()
         rec.neurons["lif1"] = int(drive[0].numel())
+        # synaptic events: the spikes of steps 0..T-2 reach the next step through W; the readout
+        # integrates every spike; a spike input drives the encoder
+        rec.synops["feedback"] = self.feedback.synops((smap - s.detach().sum(0))[None])
+        rec.synops["classifier"] = smap.sum() * self.classifier.out_features
+        if st.input_synops is not None:
+            rec.synops["encoder"] = st.input_synops
         return rate_value(acc), rec
 
     def run(self, x: torch.Tensor) -> Tuple[torch.Tensor, SpikeRecord]:

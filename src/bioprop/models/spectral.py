@@ -15,11 +15,14 @@ saturated at the clamp, where it gets no gradient.
 
 from __future__ import annotations
 
+import copy
 from typing import Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..metrics import synaptic_operations
 
 __all__ = ["SpectralNormOperator", "operator_norm"]
 
@@ -52,6 +55,9 @@ class SpectralNormOperator(nn.Module):
             self.opts = dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups)
             if isinstance(layer, nn.ConvTranspose2d):
                 self.opts["output_padding"] = layer.output_padding
+        # the layer's geometry without its weights (for synaptic-operation counts); kept in a list
+        # so that it is neither a submodule nor part of the state dict
+        self._geometry = [copy.deepcopy(layer).to("meta")]
         self.weight_v = nn.Parameter(layer.weight.detach().clone())
         self.g = nn.Parameter(torch.tensor(float(g_init)))
         self.norm_range = float(norm_range)
@@ -114,6 +120,11 @@ class SpectralNormOperator(nn.Module):
 
     def forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return self.apply_op(x, weight)
+
+    def synops(self, spikes: torch.Tensor) -> torch.Tensor:
+        """Synaptic operations of binary ``spikes`` (or spike counts, any leading dims) sent
+        through the operator (:func:`bioprop.metrics.synaptic_operations`)."""
+        return synaptic_operations(self._geometry[0], spikes)
 
     def extra_repr(self) -> str:
         return f"{self.kind}, in_shape={self.in_shape}, norm_range={self.norm_range}, sigma_of={self.sigma_of}"

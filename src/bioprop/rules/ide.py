@@ -19,6 +19,27 @@ reference code, a solve that misses its tolerance is reported (warning with the 
 gradient; per-step diagnostics (solver residual and iterations, the simulated rate's distance
 from the equilibrium map ``||a_T - f(a_T)|| / ||a_T||``, firing rates, spike counts) are
 returned in the step's stats.
+
+The implicit gradient: with ``L(readout(a*))`` and ``a* = f(a*; theta)``,
+
+    dL/dtheta = (df/dtheta)^T g,    (I - J^T) g = dL/da*,    J = df/da at a*
+
+(implicit function theorem), evaluated at the simulated ``a_T`` in place of ``a*``. For
+``f(a) = clamp((W a + F xbar) / Vth, 0, 1)``, ``J = diag(1[0 < W a + F xbar < Vth]) W / Vth``.
+
+**Model interface** (declared by the model, so the rule never inspects its code; single-layer
+:class:`bioprop.models.feedback.FeedbackSNN`, multi-layer models extend it):
+
+- ``in_shape``; ``sample_masks(batch, generator) -> masks | None`` (dropout, one draw per batch);
+- ``begin(x, masks) -> state``: per-batch quantities shared by the simulation and the map (the
+  drive ``F xbar`` with its BatchNorm, the feedback weight, the masks), computed once with autograd;
+  ``x`` is ``[B, ...]`` (constant input) or ``[T, B, ...]`` (spike input, time first);
+- ``simulate(state, time_steps) -> (a_T, SpikeRecord)``: the spiking dynamics, called under
+  ``no_grad`` (a fast path may replace it without changing the rule);
+- ``equilibrium_map(a, state, detach) -> f(a)``: differentiable; ``detach=True`` holds the
+  parameters constant (the Jacobian ``df/da`` of the adjoint solve);
+- ``readout(a) -> logits``; optionally ``update_statistics(state)``, called after the backward
+  pass (BatchNorm statistics that the map held fixed).
 """
 
 from __future__ import annotations
@@ -40,14 +61,18 @@ _INTERFACE = ("begin", "simulate", "equilibrium_map", "readout", "sample_masks")
 
 @dataclass
 class IDEConfig:
-    """``solver``: adjoint solver; ``max_iter``/``tol``: its budget and relative-residual
-    tolerance; ``strict``: raise instead of warning when a solve misses ``tol``;
-    ``time_steps``/``eval_time_steps``: override the model's T in training / evaluation;
-    ``warn_every``: after the first unconverged solve, warn again every N-th one."""
+    """``solver``: adjoint solver (the reference uses Broyden, 30 iterations); ``max_iter``/``tol``:
+    its budget (evaluations of ``g -> J^T g + dL/da``) and tolerance on the relative residual
+    ``||(I - J^T) g - dL/da|| / ||dL/da||``; ``memory``: Broyden's / Anderson's history length
+    (``None``: 30 / 5); ``strict``: raise :class:`bioprop.equilibrium.SolverError` instead of
+    warning when a solve misses ``tol``; ``time_steps``/``eval_time_steps``: override the model's
+    T in training / evaluation; ``warn_every``: after the first unconverged solve, warn again
+    every N-th one (each step's residual is in the stats regardless)."""
 
     solver: Literal["broyden", "anderson", "fixed_point"] = "broyden"
     max_iter: int = 30
     tol: float = 1e-4
+    memory: Optional[int] = None
     strict: bool = False
     time_steps: Optional[int] = None
     eval_time_steps: Optional[int] = None
@@ -62,6 +87,14 @@ class IDE(Rule):
         super().__init__(config)
         if config.max_iter < 1:
             raise ValueError(f"ide: max_iter must be >= 1, got {config.max_iter}")
+        if not config.tol > 0:
+            raise ValueError(f"ide: tol must be > 0, got {config.tol}")
+        if config.memory is not None and config.memory < 1:
+            raise ValueError(f"ide: memory must be >= 1 (or None), got {config.memory}")
+        for k in ("time_steps", "eval_time_steps"):
+            v = getattr(config, k)
+            if v is not None and v < 1:
+                raise ValueError(f"ide: {k} must be >= 1 (or None for the model's own), got {v}")
         self.unconverged = 0
         self.solves = 0
 
@@ -93,13 +126,15 @@ class IDE(Rule):
         st = model.begin(x, masks)
         with torch.no_grad():
             a, rec = model.simulate(st, c.time_steps)
-        a0 = a.detach().requires_grad_(True)
-        with torch.enable_grad():
-            fa = model.equilibrium_map(a0, st, detach=True)  # Jacobian graph: parameters constant
+        # Jacobian graph (parameters constant) in at least fp32 with autocast off, so that the
+        # adjoint solve can reach its tolerance under bf16/fp16 autocast too
+        a0 = a.detach().to(torch.promote_types(a.dtype, torch.float32)).requires_grad_(True)
+        with torch.enable_grad(), torch.autocast(a.device.type, enabled=False):
+            fa = model.equilibrium_map(a0, st, detach=True)
         z = model.equilibrium_map(a, st)                      # gradient path into the parameters
         log: List[SolverResult] = []
         a_out = implicit(z, a, jacobian_vjp(fa, a0), solver=c.solver, max_iter=c.max_iter, tol=c.tol,
-                         strict=c.strict, warn=False, log=log)
+                         strict=c.strict, warn=False, log=log, memory=c.memory)
         logits = model.readout(a_out)
         loss = loss_fn(logits, y)
         self.backward(loss, scaler)
@@ -111,8 +146,8 @@ class IDE(Rule):
         if log:
             r = log[-1]
             self._report(r)
-            stats.update({"solver/residual": r.residual, "solver/iters": float(r.iters),
-                          "solver/converged": float(r.converged)})
+            stats.update({"solver/residual": r.residual, "solver/max_residual": r.max_residual,
+                          "solver/iters": float(r.iters), "solver/converged": float(r.converged)})
         return StepOutput(loss.detach(), logits.detach(), stats)
 
     @torch.no_grad()
