@@ -484,3 +484,14 @@ def test_bptt_trains_the_feedback_networks_too(name):
     assert torch.isfinite(out.loss) and float(out.stats["rate/lif1"]) > 0
     assert m.feedback.weight_v.grad is not None and m.feedback.weight_v.grad.abs().sum() > 0
     assert m.encoder.weight.grad.abs().sum() > 0 if name == "alexnet_f" else m.encoder[1].weight.grad.abs().sum() > 0
+
+
+def test_multilayer_records_synaptic_operations():
+    m, x = _tiny_multilayer()
+    with torch.no_grad():
+        _, rec = m.simulate(m.begin(x))
+    stats = rec.stats()
+    for k in ("convs.0", "convs.3", "feedback", "classifier"):
+        assert f"synops_per_sample/{k}" in stats
+    # the spikes of layer 5 reach the classifier's outputs: out_features events each
+    assert float(rec.synops["classifier"]) == float(rec.spikes["lif5"]) * 3

@@ -409,10 +409,11 @@ class MultiLayerFeedbackSNN(nn.Module):
     def _simulate(self, st, time_steps: Optional[int], spike, detach: bool):
         T = st.drive_seq.shape[0] if st.drive_seq is not None else (time_steps or self.time_steps)
         drive = st.drive.detach() if detach else st.drive
+        dt = torch.promote_types(drive.dtype, torch.float32)  # membrane in fp32 under autocast too
         us: List[Optional[torch.Tensor]] = [None] * 5
         accs = [None] * 5
         s_last: Optional[torch.Tensor] = None
-        counts = [torch.zeros((), device=drive.device) for _ in range(5)]
+        smaps = [torch.zeros(sh, device=drive.device, dtype=dt) for sh in self.shapes]  # batch-summed spikes
         for t in range(T):
             cur = drive if st.drive_seq is None else st.drive_seq[t]
             if s_last is not None:
@@ -420,14 +421,21 @@ class MultiLayerFeedbackSNN(nn.Module):
             for l in range(5):
                 if l > 0:
                     cur = self._layer(l - 1, s, st, detach)
-                s, us[l] = lif_step(cur, us[l], self.neuron, spike)
+                s, us[l] = lif_step(cur.to(dt), us[l], self.neuron, spike)
                 accs[l] = rate_update(accs[l] if accs[l] is not None else rate_init(s), s, self.neuron.leak)
-                counts[l] += s.detach().sum()
+                smaps[l] += s.detach().sum(0)
             s_last = s
         rec = SpikeRecord(time_steps=T, batch=drive.shape[0])
         for l in range(5):
-            rec.spikes[f"lif{l + 1}"] = counts[l]
+            rec.spikes[f"lif{l + 1}"] = smaps[l].sum()
             rec.neurons[f"lif{l + 1}"] = int(math.prod(self.shapes[l]))
+            if l < 4:  # synaptic events of layer l's spikes into layer l+1 (same step)
+                rec.synops[f"convs.{l}"] = synaptic_operations(self.convs[l], smaps[l][None])
+        assert s_last is not None
+        rec.synops["feedback"] = self.feedback.synops((smaps[4] - s_last.detach().sum(0))[None])
+        rec.synops["classifier"] = smaps[4].sum() * self.classifier.out_features
+        if getattr(st, "input_synops", None) is not None:
+            rec.synops["encoder"] = st.input_synops
         st.rates = [rate_value(a).detach() for a in accs]  # type: ignore[attr-defined]
         return rate_value(accs[-1]), rec
 
