@@ -130,6 +130,21 @@ def environment(device: torch.device) -> Dict[str, Any]:
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": sys.version.split()[0]}
 
 
+def build_run(config: RunConfig, device: torch.device, rule_seed: Optional[int] = None):
+    """Dataset, model (on ``device``, prepared by the rule) and rule of a run config."""
+
+    def make(factory, section):
+        kw = dict(section)
+        return factory(kw.pop("name"), **kw)
+
+    dataset = make(create_dataset, config.data)
+    model = make(create_model, config.model).to(device)
+    rule = make(create_rule, config.rule)
+    if rule_seed is not None:
+        rule.seed(rule_seed)
+    return dataset, rule.prepare(model), rule
+
+
 class Trainer:
     """Train ``config.model`` with ``config.rule`` on ``config.data``.
 
@@ -147,14 +162,7 @@ class Trainer:
         self.run_dir = self._run_dir(run_dir, resume)
         self._seed_everything(c.train.seed)
 
-        data_kw = dict(c.data)
-        self.dataset = create_dataset(data_kw.pop("name"), **data_kw)
-        model_kw = dict(c.model)
-        self.model = create_model(model_kw.pop("name"), **model_kw).to(self.device)
-        rule_kw = dict(c.rule)
-        self.rule = create_rule(rule_kw.pop("name"), **rule_kw)
-        self.rule.seed(c.train.seed + 1)
-        self.model = self.rule.prepare(self.model)
+        self.dataset, self.model, self.rule = build_run(c, self.device, rule_seed=c.train.seed + 1)
 
         self.steps_per_epoch = len(self.dataset.loader("train", self.device, seed=c.train.seed, epoch=0))
         if c.train.max_steps_per_epoch:
@@ -170,8 +178,7 @@ class Trainer:
 
         ckpt = None
         if resume:
-            ckpt = latest_checkpoint(resume if isinstance(resume, (str, Path)) and resume is not True
-                                     else self.run_dir)
+            ckpt = latest_checkpoint(resume if isinstance(resume, (str, Path)) else self.run_dir)
             if ckpt is None:
                 raise FileNotFoundError(
                     f"--resume: no checkpoint found in {self.run_dir}; start without --resume")
@@ -186,7 +193,7 @@ class Trainer:
         c = self.config.train
         if run_dir is not None:
             return Path(run_dir)
-        if isinstance(resume, (str, Path)) and resume is not True and not isinstance(resume, bool):
+        if isinstance(resume, (str, Path)):
             ck = Path(resume)
             # .../run/checkpoints/epoch_0003 -> .../run ; .../run -> .../run
             if (ck / "model.safetensors").is_file():
@@ -410,13 +417,7 @@ def evaluate_checkpoint(path: Union[str, Path], split: str = "test", device: str
     raw = apply_overrides(state["config"], list(overrides or []) + [f"train.device={device}"])
     config = RunConfig.from_dict(raw)
     dev = resolve_device(config.train.device)
-    data_kw = dict(config.data)
-    dataset = create_dataset(data_kw.pop("name"), **data_kw)
-    model_kw = dict(config.model)
-    model = create_model(model_kw.pop("name"), **model_kw).to(dev)
-    rule_kw = dict(config.rule)
-    rule = create_rule(rule_kw.pop("name"), **rule_kw)
-    model = rule.prepare(model)
+    dataset, model, rule = build_run(config, dev)
     from .checkpoint import load_weights
 
     load_weights(model, ckpt)
