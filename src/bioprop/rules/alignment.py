@@ -340,7 +340,6 @@ class AlignmentRule(Rule):
             self.inner.load_state_dict(state["inner"])
 
 
-_LAYER_RULES = ("fa", "sign_symmetry", "kp", "wm", "ia", "sa", "aa")
 
 
 def _register(name: str, help: str) -> None:
@@ -349,13 +348,15 @@ def _register(name: str, help: str) -> None:
         return AlignmentRule(name, c)
 
 
-for _name, _help in [  # the same order as _LAYER_RULES
-    ("fa", "feedback alignment: errors through a fixed random B (Lillicrap et al. 2016)"),
-    ("sign_symmetry", "sign symmetry: B = sign(W) x scale (uSF; brSF, frSF options)"),
-    ("kp", "Kolen-Pollack: dB = dW with matched weight decay, B -> W"),
-    ("wm", "weight mirror: B learns alpha decay + beta amp on noise (Two Routes)"),
-    ("ia", "information alignment: alpha amp + beta null + gamma decay on noise (Two Routes)"),
-    ("sa", "symmetric alignment: alpha decay + beta self, B -> W (Two Routes, non-local)"),
-    ("aa", "activation alignment: alpha sparse + beta amp on real inputs (Two Routes, non-local)"),
-]:
+_LAYER_RULE_HELP = {
+    "fa": "feedback alignment: errors through a fixed random B (Lillicrap et al. 2016)",
+    "sign_symmetry": "sign symmetry: B = sign(W) x scale (uSF; brSF, frSF options)",
+    "kp": "Kolen-Pollack: dB = dW with matched weight decay, B -> W",
+    "wm": "weight mirror: B learns alpha decay + beta amp on noise (Two Routes)",
+    "ia": "information alignment: alpha amp + beta null + gamma decay on noise (Two Routes)",
+    "sa": "symmetric alignment: alpha decay + beta self, B -> W (Two Routes, non-local)",
+    "aa": "activation alignment: alpha sparse + beta amp on real inputs (Two Routes, non-local)",
+}
+_LAYER_RULES = tuple(_LAYER_RULE_HELP)
+for _name, _help in _LAYER_RULE_HELP.items():
     _register(_name, _help)
