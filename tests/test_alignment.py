@@ -153,7 +153,7 @@ def test_angle_metrics_agree_with_direct_computation():
     x = torch.randn(5, 2, 8, 8, dtype=torch.float64)
     y = torch.randint(0, 5, (5,))
     bp = dict(zip([n for n, _ in m.named_parameters()], torch.autograd.grad(F.cross_entropy(m(x), y), list(m.parameters()))))
-    rule = create_rule("fa", compare_every=1)
+    rule = create_rule("fa", compare_every=1, angle_every=1)
     m = rule.prepare(m)
     out = rule.step(m, x, y, F.cross_entropy)
     for name, l in fb_layers(m):

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["accuracy", "synaptic_operations", "cosine", "angle_degrees"]
+__all__ = ["accuracy", "synaptic_operations", "cosine", "angle_degrees", "angle_degrees_tensor"]
 
 
 @torch.no_grad()
@@ -68,3 +68,11 @@ def cosine(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-30) -> float:
 def angle_degrees(a: torch.Tensor, b: torch.Tensor) -> float:
     """Angle between two tensors seen as flat vectors, in degrees (0 = same direction)."""
     return math.degrees(math.acos(max(-1.0, min(1.0, cosine(a, b)))))
+
+
+def angle_degrees_tensor(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-30) -> torch.Tensor:
+    """:func:`angle_degrees` as a 0-dim float64 tensor on ``a``'s device: no host synchronisation,
+    so a rule can log it every step on a GPU (the trainer averages such tensors over the epoch)."""
+    a, b = a.detach().flatten().double(), b.detach().flatten().double()
+    c = ((a @ b) / (a.norm() * b.norm()).clamp_min(eps)).clamp(-1.0, 1.0)
+    return torch.rad2deg(torch.acos(c))

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..metrics import angle_degrees
+from ..metrics import angle_degrees_tensor
 from .base import RULES, LossFn, Rule, StepOutput
 
 __all__ = ["FBLinear", "FBConv2d", "convert_layers", "fb_layers", "AlignmentRule", "AlignmentConfig",
@@ -163,7 +163,10 @@ class AlignmentConfig:
     ``sign_mode``: sign_symmetry's magnitudes ('usf': init std; 'brsf': redrawn each step;
     'frsf': fixed at init); ``noisy_updates``: std of the noise ``lr * xi`` added to every
     trainable variable after each optimizer step (the robustness study; 0: off);
-    ``compare_every``: every N steps log the angle of each layer's update to the BP gradient.
+    ``angle_every``: every N steps log the angle between each layer's B and W^T (0: never; kept
+    on the device, so it costs a few small kernels and no synchronisation);
+    ``compare_every``: every N steps log the angle of each layer's update to the BP gradient
+    (one extra BP forward/backward on the same batch; 0: never).
     ``model_rule`` (+ ``model_rule_config``): the model rule this layer rule stacks under, e.g.
     ``bptt`` to train a spiking model without weight transport (default ``bp``).
     """
@@ -175,6 +178,7 @@ class AlignmentConfig:
     reg_scale: float = 1.0
     sign_mode: Literal["usf", "brsf", "frsf"] = "usf"
     noisy_updates: float = 0.0
+    angle_every: int = 10
     compare_every: int = 0
     model_rule: str = "bp"
     model_rule_config: Dict[str, Any] = field(default_factory=dict)
@@ -295,8 +299,9 @@ class AlignmentRule(Rule):
                 g = g * self.config.reg_scale
                 layer.weight_b.grad = g if layer.weight_b.grad is None else layer.weight_b.grad + g
         self.steps += 1
-        for name, layer in fb_layers(model):
-            stats[f"align/B_W_angle/{name}"] = angle_degrees(layer.weight_b.detach(), layer.weight.detach())
+        if self.config.angle_every and self.steps % self.config.angle_every == 0:
+            for name, layer in fb_layers(model):
+                stats[f"align/B_W_angle/{name}"] = angle_degrees_tensor(layer.weight_b, layer.weight)
         if self.config.compare_every and self.steps % self.config.compare_every == 0:
             stats.update(self.compare(model, x, y, loss_fn))
         return StepOutput(loss, logits, stats)
@@ -313,7 +318,7 @@ class AlignmentRule(Rule):
         finally:
             for _, l in layers:
                 l.use_w_backward = False
-        return {f"align/update_angle/{n}": angle_degrees(ours[n], g)
+        return {f"align/update_angle/{n}": angle_degrees_tensor(ours[n], g)
                 for (n, _), g in zip(layers, grads) if g is not None and n in ours}
 
     @torch.no_grad()

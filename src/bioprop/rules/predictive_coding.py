@@ -32,7 +32,7 @@ FixedPred(1, L) needs about L VJPs instead of L^2/2. Inference is vectorised ove
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Literal, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -61,14 +61,15 @@ class PCConfig:
 class PCResult:
     """Final errors ``eps[l]`` of blocks 1..L (index 0 = block 1), the block inputs at which the
     parameter VJPs are taken, the outputs built from them (autograd graphs), the loss, the
-    energy after inference, the energy trace (strict) and the number of input VJPs used."""
+    energy after inference, the energy trace (strict) and the number of input VJPs used. Energies
+    are detached 0-dim tensors on the device (no host synchronisation inside inference)."""
 
     eps: List[torch.Tensor]
     outputs: List[torch.Tensor]
     loss: torch.Tensor
     logits: torch.Tensor
-    energy: float
-    energies: List[float]
+    energy: torch.Tensor
+    energies: List[torch.Tensor]
     vjps: int
 
 
@@ -149,7 +150,7 @@ def pc_errors(blocks: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, los
                     eps[l] = add if cur is None else (cur if add is None else cur + add)
                 version[l] += 1
     final = [e if e is not None else torch.zeros_like(o) for e, o in zip(eps, outs)]
-    energy = 0.5 * sum(float((e.detach() ** 2).sum()) for e in final[:-1]) + float(loss.detach())
+    energy = 0.5 * sum((e.detach() ** 2).sum() for e in final[:-1]) + loss.detach()
     return PCResult(final, outs, loss.detach(), logits.detach(), energy, [], vjps)
 
 
@@ -165,7 +166,7 @@ def _strict(blocks, x, y, loss_fn, eta, n, vinit) -> PCResult:
         if len(vinit) != L - 1:
             raise ValueError(f"pc: vinit needs {L - 1} beliefs, got {len(vinit)}")
         v = [t.detach().clone() for t in vinit]
-    energies: List[float] = []
+    energies: List[torch.Tensor] = []
     vjps = 0
 
     def errors(v):
@@ -179,7 +180,7 @@ def _strict(blocks, x, y, loss_fn, eta, n, vinit) -> PCResult:
         loss = loss_fn(outs[-1], y)
         (e_top,) = torch.autograd.grad(loss, outs[-1], retain_graph=True)
         eps = [outs[l].detach() - v[l] for l in range(L - 1)] + [e_top]
-        energy = 0.5 * sum(float((e ** 2).sum()) for e in eps[:-1]) + float(loss.detach())
+        energy = 0.5 * sum((e ** 2).sum() for e in eps[:-1]) + loss.detach()
         return leaves, outs, eps, loss, energy
 
     for _ in range(n):
@@ -226,9 +227,9 @@ class PredictiveCoding(Rule):
             if g is None:
                 continue
             p.grad = g if p.grad is None else p.grad + g
-        stats: Dict[str, float] = {"pc/energy": r.energy, "pc/vjps": float(r.vjps)}
+        stats: Dict[str, Any] = {"pc/energy": r.energy, "pc/vjps": float(r.vjps)}
         for l, e in enumerate(r.eps):
-            stats[f"pc/err_norm/{l + 1}"] = float(e.detach().norm())
+            stats[f"pc/err_norm/{l + 1}"] = e.detach().norm()
         self.steps += 1
         if c.compare_every and self.steps % c.compare_every == 0:
             stats.update(self.compare(model, x, y, loss_fn, grads, params))

@@ -262,6 +262,7 @@ class Trainer:
         amp = self._amp()
         n_steps = self.steps_per_epoch
         sums: Dict[str, torch.Tensor] = {}
+        counts: Dict[str, int] = {}
         seen, correct = 0, torch.zeros((), dtype=torch.long, device=self.device)
         loss_sum = torch.zeros((), device=self.device)
         bar = None
@@ -300,6 +301,7 @@ class Trainer:
             for k, v in out.stats.items():
                 v = torch.as_tensor(v, dtype=torch.float32, device=self.device)
                 sums[k] = sums[k] + v if k in sums else v.clone()
+                counts[k] = counts.get(k, 0) + 1
             if bar is not None:
                 bar.update(1)
                 if i % 20 == 0:
@@ -309,14 +311,14 @@ class Trainer:
         dt = time.perf_counter() - t0
         if bar is not None:
             bar.close()
-        steps = min(n_steps, len(loader))
         res: Dict[str, Any] = {
             "train_loss": float(loss_sum) / max(1, seen),
             "train_acc": float(correct) / max(1, seen),
             "train_time_s": dt,
             "train_images_per_s": seen / dt if dt > 0 else float("nan"),
         }
-        res.update({f"train/{k}": float(v) / max(1, steps) for k, v in sums.items()})
+        # a stat logged every N steps (e.g. alignment angles) is the mean over the steps that logged it
+        res.update({f"train/{k}": float(v) / counts[k] for k, v in sums.items()})
         return res
 
     def evaluate(self, split: str = "test") -> Dict[str, float]:
