@@ -4,7 +4,8 @@
 
 Model: Rosenbaum's 5-block MNIST CNN (``pc_cnn``); one step = ``rule.step`` (inference and
 updates into ``.grad``) + ``Adam.step`` (lr 2e-3), on a fixed random batch of 28x28 images.
-Variants: BP, Exact, FixedPred(1, L), FixedPred(0.1, 20), Strict(0.1, 20). Writes one JSON line
+Variants: BP, Exact, FixedPred(1, L), FixedPred(0.1, 20), Strict(0.1, 20) (PC steps as CUDA
+graphs on a GPU, the rule's default; FixedPred(1, L) and Strict also eager). Writes one JSON line
 per variant to ``benchmarks/results/pc_speed.jsonl`` with the median time, the ratio to BP of
 the same run, the device, torch version, commit and date. The reference code's figures on an H100
 (batch 300, Adam included) are stored beside ours for comparison: BP 1.9 ms; FixedPred(1, L) 7.7x
@@ -29,6 +30,9 @@ VARIANTS = {
     "fixed_pred(1,L)": ({"name": "pc", "variant": "fixed_pred", "eta": 1.0}, 7.7),
     "fixed_pred(0.1,20)": ({"name": "pc", "variant": "fixed_pred", "eta": 0.1, "n": 20}, 27.9),
     "strict(0.1,20)": ({"name": "pc", "variant": "strict", "eta": 0.1, "n": 20}, 30.6),
+    # the same without CUDA-graph capture (eager inference), for the record
+    "fixed_pred(1,L) eager": ({"name": "pc", "variant": "fixed_pred", "eta": 1.0, "cuda_graph": False}, 7.7),
+    "strict(0.1,20) eager": ({"name": "pc", "variant": "strict", "eta": 0.1, "n": 20, "cuda_graph": False}, 30.6),
 }
 REFERENCE_BP_MS = 1.9
 

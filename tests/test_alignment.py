@@ -10,7 +10,7 @@ from torch import nn
 
 from bioprop import create_model, create_rule
 from bioprop.metrics import angle_degrees
-from bioprop.rules.alignment import FBConv2d, FBLinear, convert_layers, fb_layers, regularizer
+from bioprop.rules.alignment import FBConv2d, FBLinear, convert_layers, fb_layers, regularizer, regularizer_grad
 
 
 def _net():
@@ -49,16 +49,32 @@ def test_b_is_a_parameter_initialised_independently():
         assert abs(angle_degrees(l.weight_b, l.weight) - 90) < 45  # unrelated draws
 
 
-def _optimise(rule, layer, inputs, steps=3000, lr=0.5):
+def _optimise(rule, layer, inputs, steps=3000, lr=0.5, position_mean=True):
+    """Gradient descent on B with the rule's closed-form dR/dB (``regularizer_grad``)."""
     opt = torch.optim.SGD([layer.weight_b], lr=lr)
     a, b, g = {"wm": (1e-3, 1e-3, 0), "ia": (2e-3, 1e-3, 1e-3), "sa": (1e-3, 2e-3, 0), "aa": (1e-3, 2e-3, 0)}[rule]
     for i in range(steps):
         x = inputs(i)
-        opt.zero_grad()
-        r = regularizer(rule, layer, x, a, b, g)
-        r.backward()
+        layer.weight_b.grad = regularizer_grad(rule, layer, x, a, b, g, position_mean)
         opt.step()
     return a, b, g
+
+
+@pytest.mark.parametrize("position_mean", [True, False])
+@pytest.mark.parametrize("rule", ["sa", "wm", "ia", "aa"])
+@pytest.mark.parametrize("kind", ["linear", "conv_stride2", "conv_pad0"])
+def test_closed_form_regulariser_gradient_equals_autograd(rule, kind, position_mean):
+    torch.manual_seed(0)
+    layer = {"linear": nn.Linear(7, 5), "conv_stride2": nn.Conv2d(3, 4, 3, stride=2, padding=1),
+             "conv_pad0": nn.Conv2d(3, 4, (3, 2), padding=0)}[kind].double()
+    seq = nn.Sequential(layer)
+    convert_layers(seq, torch.Generator().manual_seed(1))
+    layer = seq[0]
+    x = torch.randn((6, 7) if kind == "linear" else (6, 3, 9, 8), dtype=torch.float64)
+    a, b, g = 1.3e-3, 0.7e-3, 0.4e-3
+    (ref,) = torch.autograd.grad(regularizer(rule, layer, x, a, b, g, position_mean), layer.weight_b)
+    fast = regularizer_grad(rule, layer, x, a, b, g, position_mean)
+    torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-14)
 
 
 def _fb_linear():
@@ -123,13 +139,15 @@ def test_kp_with_matched_decay_drives_b_to_w():
     assert abs(diffs[-1] / diffs[0] - (1 - 0.1 * 0.05) ** 299) < 1e-4
 
 
-def test_conv_regulariser_optimum_is_not_a_multiple_of_w():
+@pytest.mark.parametrize("position_mean", [True, False])
+def test_conv_regulariser_optimum_is_not_a_multiple_of_w(position_mean):
     torch.manual_seed(0)
     seq = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, bias=False).double())
     convert_layers(seq, torch.Generator().manual_seed(1))
     layer = seq[0]
     x = torch.randn(64, 2, 5, 5, dtype=torch.float64)  # one fixed noise sample
-    a, b, _ = _optimise("wm", layer, lambda i: x, steps=80, lr=250.0)
+    positions = 25 if position_mean else 1              # 5x5 output positions
+    a, b, _ = _optimise("wm", layer, lambda i: x, steps=80 * positions, lr=250.0, position_mean=position_mean)
     # the optimum solved directly: R is quadratic in B, so solve H vec(B) = -grad R(0)
     B0 = torch.zeros_like(layer.weight_b)
 
@@ -138,7 +156,8 @@ def test_conv_regulariser_optimum_is_not_a_multiple_of_w():
 
     def Rb(v):  # WM's regulariser written out: alpha ||B||^2 - beta E <conv(x, W), conv(x, B)>
         W = layer.weight.detach()
-        return a * (v * v).sum() - b * (layer.forward_b(x, W) * layer.forward_b(x, v.view_as(W))).sum() / x.shape[0]
+        amp = (layer.forward_b(x, W) * layer.forward_b(x, v.view_as(W))).sum() / (x.shape[0] * positions)
+        return a * (v * v).sum() - b * amp
 
     H = torch.autograd.functional.hessian(Rb, flat)
     g0 = torch.autograd.functional.jacobian(Rb, torch.zeros_like(flat))
@@ -146,6 +165,8 @@ def test_conv_regulariser_optimum_is_not_a_multiple_of_w():
     torch.testing.assert_close(trained, opt_b, rtol=1e-5, atol=1e-7)
     ratio = opt_b / layer.weight.detach()
     assert float(ratio.std() / ratio.mean().abs()) > 1e-2  # zero padding: not a multiple of W
+    if position_mean:  # away from the border every tap sees all positions: B ~ beta / (2 alpha) W there
+        assert float((ratio.mean() - b / (2 * a)).abs()) < 0.5 * b / (2 * a)
 
 
 def test_angle_metrics_agree_with_direct_computation():

@@ -111,3 +111,63 @@ def test_pc_rejects_models_without_blocks_and_bad_settings():
     m, x, y = _model("mlp")
     with pytest.raises(ValueError, match="eta"):
         pc_errors(blocks_of(m), x, y, F.cross_entropy, eta=0.0)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+@pytest.mark.parametrize("variant,n", [("fixed_pred", 1), ("fixed_pred", 2), ("fixed_pred", None),
+                                       ("fixed_pred", 9), ("exact", None)])
+def test_fast_chain_path_equals_the_general_sweeps(kind, variant, n):
+    """One VJP per block (input and parameters together) gives the same updates as the sweep loop
+    plus a second pass, also when the front stops above the first block (n < L: zero updates there)."""
+    grads = {}
+    for fast in (True, False):
+        m, x, y = _model(kind)
+        rule = create_rule("pc", variant=variant, eta=1.0, n=n, fast=fast)
+        m = rule.prepare(m)
+        out = rule.step(m, x, y, F.cross_entropy)
+        grads[fast] = [p.grad for p in m.parameters()], out.stats
+    for a, b in zip(grads[True][0], grads[False][0]):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    if n == 1:  # only the top block has an error after one sweep
+        assert float(grads[True][0][0].abs().max()) == 0.0
+    for k in ("pc/energy", "pc/err_norm/1"):
+        torch.testing.assert_close(grads[True][1][k], grads[False][1][k], rtol=1e-12, atol=1e-14)
+
+
+def test_bad_inference_settings_are_rejected():
+    with pytest.raises(ValueError, match="n >= 1"):
+        create_rule("pc", n=0)
+    with pytest.raises(ValueError, match="eta > 0"):
+        create_rule("pc", eta=0.0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("variant,eta,n", [("strict", 0.1, 20), ("fixed_pred", 1.0, None), ("fixed_pred", 0.1, 20)])
+def test_cuda_graph_step_equals_eager_step(variant, eta, n):
+    """The captured step, replayed over several optimizer steps and two batch shapes, gives the
+    eager step's gradients (the parameters are read in place after each update)."""
+    runs = {}
+    for graph in (True, False):
+        torch.manual_seed(0)
+        m = create_model("pc_cnn").cuda()
+        rule = create_rule("pc", variant=variant, eta=eta, n=n, cuda_graph=graph)
+        m = rule.prepare(m)
+        opt = torch.optim.SGD(m.parameters(), lr=0.05)
+        g = torch.Generator().manual_seed(1)
+        seen = []
+        for i in range(4):
+            b = 32 if i < 3 else 20
+            x = torch.randn(b, 1, 28, 28, generator=g).cuda()
+            y = torch.randint(0, 10, (b,), generator=g).cuda()
+            opt.zero_grad(set_to_none=True)
+            out = rule.step(m, x, y, F.cross_entropy)
+            seen.append([p.grad.clone() for p in m.parameters()] + [out.loss.clone(), out.stats["pc/energy"].clone()])
+            opt.step()
+        runs[graph] = seen
+        if graph:
+            assert len(rule._graphed.graphs) == 2
+    for a_step, b_step in zip(runs[True], runs[False]):
+        for a, b in zip(a_step, b_step):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

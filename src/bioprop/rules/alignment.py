@@ -29,8 +29,9 @@ convention where ``B`` has ``W``'s shape):
 | sa | alpha decay + beta self (1e-3, 2e-3) | - | B = beta / (2 alpha) W |
 | aa | alpha sparse + beta amp (1e-3, 2e-3) | data | B = beta / (2 alpha) W on the data's span |
 
-For convolutions the primitives sum over output positions, so with zero padding the optimum is
-not a multiple of ``W``. The gradient of ``R`` is added to ``B.grad`` each step (scaled by
+For convolutions ``E`` also averages over output positions (``position_mean``; the reference code
+sums over them), and with zero padding the optimum is not a multiple of ``W`` (each kernel tap sees
+a different number of positions). The gradient of ``R`` is added to ``B.grad`` each step (scaled by
 ``reg_scale``), so any optimizer trains ``B`` beside ``W``.
 """
 
@@ -48,7 +49,7 @@ from ..metrics import angle_degrees_tensor
 from .base import RULES, LossFn, Rule, StepOutput
 
 __all__ = ["FBLinear", "FBConv2d", "convert_layers", "fb_layers", "AlignmentRule", "AlignmentConfig",
-           "regularizer"]
+           "regularizer", "regularizer_grad"]
 
 
 class _LinearFB(torch.autograd.Function):
@@ -61,7 +62,7 @@ class _LinearFB(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):  # type: ignore[override]
         x, wb = ctx.saved_tensors
-        dx = dy @ wb.to(dy.dtype)
+        dx = dy @ wb.to(dy.dtype) if ctx.needs_input_grad[0] else None
         dw = dy.reshape(-1, dy.shape[-1]).t() @ x.reshape(-1, x.shape[-1]).to(dy.dtype)
         db = dy.reshape(-1, dy.shape[-1]).sum(0) if ctx.has_bias else None
         return dx, dw, db, None
@@ -78,12 +79,15 @@ class _Conv2dFB(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):  # type: ignore[override]
+        # one fused convolution backward (as BP's), with B in place of W: dx uses the kernel it is
+        # given, dW and db do not depend on it; dx is skipped where the input needs no gradient
         x, wb = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.conf
-        dx = torch.nn.grad.conv2d_input(x.shape, wb.to(dy.dtype), dy, stride, padding, dilation, groups)
-        dw = torch.nn.grad.conv2d_weight(x.to(dy.dtype), ctx.w_shape, dy, stride, padding, dilation, groups)
-        db = dy.sum((0, 2, 3)) if ctx.has_bias else None
-        return dx, dw, db, None, None, None, None, None
+        need_x, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]
+        dx, dw, db = torch.ops.aten.convolution_backward(
+            dy, x.to(dy.dtype), wb.to(dy.dtype), [ctx.w_shape[0]] if ctx.has_bias else None, list(stride),
+            list(padding), list(dilation), False, [0, 0], groups, [need_x, need_w, need_b])
+        return dx, dw, db if need_b else None, None, None, None, None, None
 
 
 class FBLinear(nn.Linear):
@@ -167,6 +171,11 @@ class AlignmentConfig:
     on the device, so it costs a few small kernels and no synchronisation);
     ``compare_every``: every N steps log the angle of each layer's update to the BP gradient
     (one extra BP forward/backward on the same batch; 0: never).
+    ``position_mean``: in a convolution, ``E`` in the data terms (sparse, amp, null) is the mean
+    over samples and output positions (default; the fixed points then have the Linear layer's
+    scale, and the curvature of R in B does not grow with the feature map); ``False`` sums over
+    positions as the reference code does (its WM fixed point grows with the feature map's size,
+    which made WM and AA diverge on a CIFAR ResNet-20 at lr 0.1).
     ``model_rule`` (+ ``model_rule_config``): the model rule this layer rule stacks under, e.g.
     ``bptt`` to train a spiking model without weight transport (default ``bp``).
     """
@@ -180,6 +189,7 @@ class AlignmentConfig:
     noisy_updates: float = 0.0
     angle_every: int = 10
     compare_every: int = 0
+    position_mean: bool = True
     model_rule: str = "bp"
     model_rule_config: Dict[str, Any] = field(default_factory=dict)
 
@@ -187,23 +197,74 @@ class AlignmentConfig:
 DEFAULTS = {"wm": (1e-3, 1e-3, 0.0), "ia": (2e-3, 1e-3, 1e-3), "sa": (1e-3, 2e-3, 0.0), "aa": (1e-3, 2e-3, 0.0)}
 
 
-def regularizer(rule: str, layer: nn.Module, x: torch.Tensor, alpha: float, beta: float, gamma: float) -> torch.Tensor:
-    """R(B) of ``rule`` for ``layer`` on inputs ``x`` (W constant), differentiable in ``weight_b``."""
+def _positions(layer: nn.Module, y: torch.Tensor) -> int:
+    """Output positions per sample of ``layer`` (1 for a Linear layer on [n, in])."""
+    return y[0].numel() // layer.weight.shape[0]
+
+
+def _weight_grad(layer: nn.Module, inp: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+    """d<grad_out, A_K inp>/dK: the ordinary weight gradient of the layer's linear map."""
+    if isinstance(layer, FBLinear):
+        return grad_out.reshape(-1, grad_out.shape[-1]).t() @ inp.reshape(-1, inp.shape[-1])
+    return torch.nn.grad.conv2d_weight(inp, layer.weight.shape, grad_out, layer.stride, layer.padding,
+                                       layer.dilation, layer.groups)
+
+
+def _backward_map(layer: nn.Module, y: torch.Tensor, kernel: torch.Tensor, in_shape) -> torch.Tensor:
+    return layer.backward_map(y, kernel) if isinstance(layer, FBLinear) else layer.backward_map(y, kernel, in_shape)
+
+
+def regularizer(rule: str, layer: nn.Module, x: torch.Tensor, alpha: float, beta: float, gamma: float,
+                position_mean: bool = True) -> torch.Tensor:
+    """R(B) of ``rule`` for ``layer`` on inputs ``x`` (W constant), differentiable in ``weight_b``.
+
+    The plain reference path (autograd gives dR/dB); the rule uses :func:`regularizer_grad`, the
+    same gradient in closed form, held equal to this one by the tests. ``E`` is the mean over the
+    samples and, with ``position_mean``, over a convolution's output positions too (the reference
+    code sums over positions, which scales the data terms by the feature map's size)."""
     W, B = layer.weight.detach(), layer.weight_b
     if rule == "sa":
         return alpha * (B * B).sum() - beta * (W * B).sum()
-    n = x.shape[0]
     yw = layer.forward_b(x, W)
     yb = layer.forward_b(x, B)
-    amp = -(yw * yb).sum() / n
+    norm = x.shape[0] * (_positions(layer, yw) if position_mean else 1)
+    amp = -(yw * yb).sum() / norm
     if rule == "wm":
         return alpha * (B * B).sum() + beta * amp
     if rule == "aa":
-        return alpha * (yb * yb).sum() / n + beta * amp
+        return alpha * (yb * yb).sum() / norm + beta * amp
     if rule == "ia":
-        back = layer.backward_map(yw, B) if isinstance(layer, FBLinear) else layer.backward_map(yw, B, x.shape)
-        null = (back * back).sum() / n
-        return alpha * amp + beta * null + gamma * (B * B).sum()
+        back = _backward_map(layer, yw, B, x.shape)
+        return alpha * amp + beta * (back * back).sum() / norm + gamma * (B * B).sum()
+    raise ValueError(f"no regulariser for rule {rule!r}")
+
+
+@torch.no_grad()
+def regularizer_grad(rule: str, layer: nn.Module, x: Optional[torch.Tensor], alpha: float, beta: float,
+                     gamma: float, position_mean: bool = True) -> torch.Tensor:
+    """dR/dB of :func:`regularizer` in closed form (no autograd graph; one forward map with W, one
+    weight-gradient map, and for ``ia`` one backward map with B, for ``aa`` one forward map with B):
+
+        sa: 2 alpha B - beta W
+        wm: 2 alpha B - beta / N  G(x, A_W x)
+        aa: 1 / N  G(x, 2 alpha A_B x - beta A_W x)
+        ia: 1 / N  G(-alpha x + 2 beta A_B^T A_W x, A_W x) + 2 gamma B
+
+    where ``G(u, v)`` is the weight gradient of the layer for input ``u`` and output gradient ``v``
+    and ``N`` the number of samples (times the output positions, with ``position_mean``)."""
+    W, B = layer.weight.detach(), layer.weight_b.detach()
+    if rule == "sa":
+        return B.mul(2 * alpha).sub_(W, alpha=beta)
+    yw = layer.forward_b(x, W)
+    norm = x.shape[0] * (_positions(layer, yw) if position_mean else 1)
+    if rule == "wm":
+        return B.mul(2 * alpha).sub_(_weight_grad(layer, x, yw), alpha=beta / norm)
+    if rule == "aa":
+        v = layer.forward_b(x, B).mul_(2 * alpha).sub_(yw, alpha=beta)
+        return _weight_grad(layer, x, v).div_(norm)
+    if rule == "ia":
+        u = _backward_map(layer, yw, B, x.shape).mul_(2 * beta).sub_(x, alpha=alpha)
+        return _weight_grad(layer, u, yw).div_(norm).add_(B, alpha=2 * gamma)
     raise ValueError(f"no regulariser for rule {rule!r}")
 
 
@@ -293,10 +354,10 @@ class AlignmentRule(Rule):
                                       dtype=layer.weight.dtype) * self.config.sigma
                 else:
                     inp = None
-                with torch.enable_grad():
-                    r = regularizer(self.name, layer, inp, self.alpha, self.beta, self.gamma)
-                    (g,) = torch.autograd.grad(r, layer.weight_b)
-                g = g * self.config.reg_scale
+                g = regularizer_grad(self.name, layer, inp, self.alpha, self.beta, self.gamma,
+                                     self.config.position_mean)
+                if self.config.reg_scale != 1.0:
+                    g = g * self.config.reg_scale
                 layer.weight_b.grad = g if layer.weight_b.grad is None else layer.weight_b.grad + g
         self.steps += 1
         if self.config.angle_every and self.steps % self.config.angle_every == 0:

@@ -40,8 +40,9 @@ from torch import nn
 from ..metrics import angle_degrees
 from ..models import blocks_of
 from .base import RULES, LossFn, Rule, StepOutput
+from .graphs import GraphedStep
 
-__all__ = ["PredictiveCoding", "PCConfig", "pc_errors", "PCResult"]
+__all__ = ["PredictiveCoding", "PCConfig", "pc_errors", "pc_chain_grads", "PCResult"]
 
 
 @dataclass
@@ -49,12 +50,21 @@ class PCConfig:
     """``variant``: fixed_pred | strict | exact; ``eta``: inference step; ``n``: sweeps
     (``None`` = number of blocks, which with ``eta = 1`` makes ``fixed_pred`` exact BP);
     ``compare_every``: every N training steps also compute BP on the same batch and log the
-    per-block relative error and angle of the PC update (0 = never; it costs a BP pass)."""
+    per-block relative error and angle of the PC update (0 = never; it costs a BP pass);
+    ``fast``: ``fixed_pred`` with ``eta = 1`` takes one VJP per block for both the error below and
+    the block's update (:func:`pc_chain_grads`); ``False`` runs the general sweep loop
+    (:func:`pc_errors`) and a second pass for the updates: the reference path, equal to it;
+    ``cuda_graph``: on a GPU, capture the step (inference and updates) as a CUDA graph per batch
+    shape and replay it (:class:`bioprop.rules.graphs.GraphedStep`); inference is hundreds of small
+    kernels, so this removes most of its cost. Steps that compare with BP, and fp16 runs with a
+    gradient scaler, run eagerly."""
 
     variant: Literal["fixed_pred", "strict", "exact"] = "fixed_pred"
     eta: float = 1.0
     n: Optional[int] = None
     compare_every: int = 0
+    fast: bool = True
+    cuda_graph: bool = True
 
 
 @dataclass
@@ -195,6 +205,53 @@ def _strict(blocks, x, y, loss_fn, eta, n, vinit) -> PCResult:
     return PCResult(eps, outs, loss.detach(), outs[-1].detach(), energy, energies, vjps)
 
 
+def pc_chain_grads(blocks: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
+                   depth: int) -> Tuple[PCResult, Dict[nn.Parameter, torch.Tensor]]:
+    """The fast path of ``fixed_pred`` with ``eta = 1`` (``depth = n``) and of ``exact``
+    (``depth = L``): the same errors as :func:`pc_errors`, and the parameter updates with them.
+
+    With ``eta = 1`` the error front descends one block per sweep and each error, once set, is
+    final: ``eps_{l-1} = J_l^T eps_l``. So one vector-Jacobian product per block, taken with respect
+    to the block's input *and* its parameters, gives both the error below and the block's update
+    ``(df_l/dtheta_l)^T eps_l`` (the general path takes the input VJPs during inference and the
+    parameter VJPs in a second pass). Blocks below the front (``l < L - depth``) have zero error:
+    no VJP, a zero update. Returns the :class:`PCResult` (``outputs`` empty: no second pass needed) and
+    the gradient of each trainable parameter that got one."""
+    L = len(blocks)
+    leaves, outs = [], []
+    h = x
+    for b in blocks:
+        leaf, out = _local(b, h)
+        leaves.append(leaf)
+        outs.append(out)
+        h = out.detach()
+    loss = loss_fn(outs[-1], y)
+    (e_top,) = torch.autograd.grad(loss, outs[-1], retain_graph=True)
+    eps: List[Optional[torch.Tensor]] = [None] * (L - 1) + [e_top]
+    grads: Dict[nn.Parameter, torch.Tensor] = {}
+    lowest = max(0, L - depth)
+    vjps = 0
+    for l in range(L - 1, lowest - 1, -1):
+        params = [p for p in blocks[l].parameters() if p.requires_grad]
+        wanted = ([leaves[l]] if l > lowest else []) + params
+        if not wanted:
+            continue
+        gs = torch.autograd.grad(outs[l], wanted, eps[l], allow_unused=True)
+        if l > lowest:
+            eps[l - 1], gs = gs[0], gs[1:]
+            vjps += 1
+        for p, g in zip(params, gs):
+            if g is not None:
+                grads[p] = g if p not in grads else grads[p] + g
+    for b in blocks[:lowest]:  # below the front: zero error, so a zero update (as the general path)
+        for p in b.parameters():
+            if p.requires_grad and p not in grads:
+                grads[p] = torch.zeros_like(p)
+    final = [e if e is not None else torch.zeros_like(o) for e, o in zip(eps, outs)]
+    energy = 0.5 * sum((e.detach() ** 2).sum() for e in final[:-1]) + loss.detach()
+    return PCResult(final, [], loss.detach(), outs[-1].detach(), energy, [], vjps), grads
+
+
 class PredictiveCoding(Rule):
     """Predictive coding (see the module docstring): ``fixed_pred`` with ``eta = 1``, ``n = L`` is BP."""
 
@@ -202,7 +259,11 @@ class PredictiveCoding(Rule):
 
     def __init__(self, config: PCConfig):
         super().__init__(config)
+        if config.n is not None and config.n < 1 or not config.eta > 0:
+            raise ValueError(f"pc: need n >= 1 (or None) and eta > 0, got n={config.n}, eta={config.eta}")
         self.steps = 0
+        self._graphed: Optional[GraphedStep] = None
+        self._vjps = 0
 
     def prepare(self, model: nn.Module) -> nn.Module:
         model = super().prepare(model)
@@ -215,25 +276,47 @@ class PredictiveCoding(Rule):
             h = b(h)
         return h
 
+    def _compute(self, blocks, params, x, y, loss_fn, scale: float = 1.0):
+        """Inference and updates: ``(loss, logits, stats, grads)``, all tensors (graph-capturable)."""
+        c = self.config
+        if c.variant == "exact" or (c.variant == "fixed_pred" and c.eta == 1.0 and c.fast):
+            depth = len(blocks) if c.variant == "exact" or c.n is None else int(c.n)
+            r, by_param = pc_chain_grads(blocks, x, y, loss_fn, depth)
+            grads = [by_param.get(p) for p in params]
+            if scale != 1.0:
+                grads = [g * scale if g is not None else None for g in grads]
+        else:
+            r = pc_errors(blocks, x, y, loss_fn, c.variant, c.eta, c.n)
+            grads = list(torch.autograd.grad(r.outputs, params, [e * scale for e in r.eps], allow_unused=True))
+        stats: Dict[str, Any] = {"pc/energy": r.energy}
+        for l, e in enumerate(r.eps):
+            stats[f"pc/err_norm/{l + 1}"] = e.detach().norm()
+        self._vjps = r.vjps
+        return r.loss, r.logits, stats, grads
+
     def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
              scaler=None) -> StepOutput:
         c = self.config
         blocks = blocks_of(model)
-        r = pc_errors(blocks, x, y, loss_fn, c.variant, c.eta, c.n)
         params = [p for p in model.parameters() if p.requires_grad]
-        scale = float(scaler.get_scale()) if scaler is not None else 1.0
-        grads = torch.autograd.grad(r.outputs, params, [e * scale for e in r.eps], allow_unused=True)
+        compare = bool(c.compare_every) and (self.steps + 1) % c.compare_every == 0
+        if c.cuda_graph and x.is_cuda and scaler is None and not compare and torch.is_grad_enabled():
+            if self._graphed is None or self._graphed.model is not model:
+                self._graphed = GraphedStep(lambda xs, ys: self._compute(blocks, params, xs, ys, loss_fn), model)
+            loss, logits, stats, grads = self._graphed(x, y)
+            stats = dict(stats)
+        else:
+            scale = float(scaler.get_scale()) if scaler is not None else 1.0
+            loss, logits, stats, grads = self._compute(blocks, params, x, y, loss_fn, scale)
         for p, g in zip(params, grads):
             if g is None:
                 continue
-            p.grad = g if p.grad is None else p.grad + g
-        stats: Dict[str, Any] = {"pc/energy": r.energy, "pc/vjps": float(r.vjps)}
-        for l, e in enumerate(r.eps):
-            stats[f"pc/err_norm/{l + 1}"] = e.detach().norm()
+            p.grad = g.clone() if p.grad is None else p.grad + g  # g may be a graph's static output
+        stats["pc/vjps"] = float(self._vjps)
         self.steps += 1
-        if c.compare_every and self.steps % c.compare_every == 0:
+        if compare:
             stats.update(self.compare(model, x, y, loss_fn, grads, params))
-        return StepOutput(r.loss, r.logits, stats)
+        return StepOutput(loss, logits, stats)
 
     def compare(self, model, x, y, loss_fn, grads, params) -> Dict[str, float]:
         """Per-block relative error and angle (degrees) of the PC update against BP's gradient."""
