@@ -41,7 +41,7 @@ PUBLISHED = {
 
 
 def train_table(name: str = "train.jsonl", published: bool = True) -> str:
-    rows = _rows(name)
+    rows = [r for r in _rows(name) if not r.get("failed")]
     if not rows:
         return f"_No results in benchmarks/results/{name} yet._\n"
     out = ["| config | data | rule | T | epochs | seed | test acc % (final epoch) | best test epoch % (labelled) "
@@ -63,12 +63,101 @@ def train_table(name: str = "train.jsonl", published: bool = True) -> str:
     return "\n".join(out) + "\n"
 
 
+def _lines(name: str) -> List[Dict]:
+    f = RESULTS / name
+    return [json.loads(l) for l in f.read_text().splitlines() if l.strip()] if f.is_file() else []
+
+
+def _newest_commit(rows: List[Dict]) -> List[Dict]:
+    """The rows of the newest commit that has any (one run of a benchmark, same code)."""
+    if not rows:
+        return []
+    last = rows[-1].get("commit")
+    return [r for r in rows if r.get("commit") == last]
+
+
+#: per-step overhead bars of the Two Routes issue (x eager BP)
+ALIGN_BARS = {"fa": 1.5, "sign_symmetry": 1.5, "kp": 1.5, "sa": 1.5, "wm": 2.5, "ia": 2.5}
+
+
+def alignment_table() -> str:
+    steps = {r["rule"]: r for r in _newest_commit(_lines("alignment_resnet20_step.jsonl"))}
+    runs = _lines("alignment_resnet20.jsonl")
+    if not steps and not runs:
+        return "_No results in benchmarks/results/alignment_resnet20*.jsonl yet._\n"
+    last = runs[-1].get("commit") if runs else None
+    by_rule = {r["rule"]["name"]: r for r in runs if r.get("commit") == last}
+    out = ["| rule | epochs | test acc % (final epoch) | test error % | step ms | x eager BP | bar | train commit | step commit |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for rule in ["bp", "fa", "sign_symmetry", "kp", "wm", "ia", "sa", "aa"]:
+        r, t = by_rule.get(rule), steps.get(rule)
+        if r is None and t is None:
+            continue
+        if r is not None and r.get("test_acc") is not None:
+            acc, err = _pct(r["test_acc"]), f"{100 * (1 - r['test_acc']):.2f}"
+            ep = str(r["epochs"]) + (" (stopped)" if r["epochs"] < r["planned_epochs"] else "")
+        elif r is not None and r.get("failed"):
+            acc, err, ep = f"diverged (epoch {r['epochs'] + 1})", "-", str(r["planned_epochs"])
+        else:
+            acc, err, ep = "diverged (no line)", "-", "-"
+        ms = "-" if t is None else f"{t['median_ms']:.2f}"
+        ratio = "-" if t is None or t.get("step_ratio_to_bp") is None else f"{t['step_ratio_to_bp']:.2f}"
+        bar = f"<= {ALIGN_BARS[rule]}" if rule in ALIGN_BARS else "-"
+        out.append(f"| `{rule}` | {ep} | {acc} | {err} | {ms} | {ratio} | {bar} | {r.get('commit') if r else '-'} "
+                   f"| {t.get('commit') if t else '-'} |")
+    dev = next(iter(steps.values()))["device"] if steps else (runs[-1]["device"] if runs else "-")
+    return "\n".join(out) + f"\n\nDevice: {dev}.\n"
+
+
+def pc_speed_table() -> str:
+    rows = _newest_commit(_lines("pc_speed.jsonl"))
+    if not rows:
+        return "_No results in benchmarks/results/pc_speed.jsonl yet._\n"
+    out = ["| variant | ms / step | x eager BP (same run) | reference x BP (H100) | reference ms | faster than reference |",
+           "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        out.append(f"| {r['variant']} | {r['median_ms']:.2f} | {r['ratio_to_bp']:.2f} | {r['reference_ratio_to_bp_h100']} "
+                   f"| {r['reference_ms_h100']:.1f} | {r['reference_ms_h100'] / r['median_ms']:.1f}x |")
+    r = rows[0]
+    return "\n".join(out) + f"\n\nBatch {r['batch']}, Adam step included; {r['device']}, torch {r['torch']}, commit {r['commit']}.\n"
+
+
+def ide_memory_table() -> str:
+    rows = _newest_commit(_lines("ide_memory.jsonl"))
+    if not rows:
+        return "_No results in benchmarks/results/ide_memory.jsonl yet._\n"
+    Ts = sorted({r["T"] for r in rows})
+    out = ["| rule | " + " | ".join(f"T={T} img/s | T={T} peak MiB" for T in Ts) + " |",
+           "| --- | " + " | ".join("--- | ---" for _ in Ts) + " |"]
+    for rule in sorted({r["rule"] for r in rows}, key=lambda n: n != "ide"):
+        cells = []
+        for T in Ts:
+            r = next((r for r in rows if r["rule"] == rule and r["T"] == T), None)
+            if r is None or r.get("out_of_memory"):
+                cells += ["out of memory" if r else "-", "-"]
+            else:
+                mem = "-" if r.get("peak_memory_mib") is None else f"{r['peak_memory_mib']:,.0f}"
+                cells += [f"{r['train_images_per_s']:,.0f}", mem]
+        out.append(f"| `{rule}` | " + " | ".join(cells) + " |")
+    r = rows[0]
+    return ("\n".join(out) + f"\n\n{r['model']}, batch {r['batch']}, LIF, random CIFAR-sized input, one step = rule.step + SGD; "
+            f"{r['device']}, torch {r['torch']}, commit {r['commit']}.\n")
+
+
 def results_markdown() -> str:
     return ("**Training runs** (`benchmarks/results/train.jsonl`, from `benchmarks/train_bench.py`)\n\n"
             + train_table() + "\n**Ablation: spectral norm of the F64C5 feedback convolution** "
             "(`benchmarks/results/ablation_f64c5_sigma.jsonl`; 10-epoch schedule, x0.1 at 5 and 8, both runs "
             "sharing one GPU; `sigma_of=kernel` is the reference's normalisation)\n\n"
-            + train_table("ablation_f64c5_sigma.jsonl", published=False))
+            + train_table("ablation_f64c5_sigma.jsonl", published=False)
+            + "\n**IDE vs BPTT on AlexNet-F: training images/s and peak memory against T** "
+            "(`benchmarks/results/ide_memory.jsonl`, from `benchmarks/ide_memory.py`)\n\n" + ide_memory_table()
+            + "\n**Two Routes rules on ResNet-20 / CIFAR-10 (JPEG q75 copy)** (`benchmarks/results/alignment_resnet20*.jsonl`, "
+            "from `benchmarks/run_methods_gpu.sh`: step times measured one rule after the other on an idle GPU, "
+            "the training runs concurrently, one schedule for all: SGD 0.1, momentum 0.9, wd 5e-4, cosine, "
+            "batch 128, the epochs shown)\n\n" + alignment_table()
+            + "\n**Predictive coding: time per training step on the 5-block MNIST CNN** (`benchmarks/results/pc_speed.jsonl`, "
+            "from `benchmarks/pc_speed.py`)\n\n" + pc_speed_table())
 
 
 if __name__ == "__main__":

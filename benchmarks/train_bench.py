@@ -67,8 +67,8 @@ def write_row(row: dict, out=None, bench="train") -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "a") as f:
         f.write(json.dumps(row) + "\n")
-    print(json.dumps({k: row[k] for k in ("config", "epochs", "test_acc", "best_test_acc", "train_images_per_s",
-                                          "peak_memory_mib", "wall_s", "device")}))
+    print(json.dumps({k: row.get(k) for k in ("config", "epochs", "test_acc", "best_test_acc", "train_images_per_s",
+                                              "peak_memory_mib", "wall_s", "device", "failed")}))
 
 
 def run(config_path: str, overrides, data_dir=None, out=None, bench="train", resume=False) -> dict:
@@ -78,7 +78,16 @@ def run(config_path: str, overrides, data_dir=None, out=None, bench="train", res
     if trainer.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(trainer.device)
     t0 = time.perf_counter()
-    trainer.fit()
+    try:
+        trainer.fit()
+    except FloatingPointError as e:  # a diverged run is a result too: record it, then fail
+        row = {"bench": bench, "config": _rel(config_path),
+               "overrides": [o for o in overrides if not o.startswith("train.out_dir=")],
+               "model": cfg.model, "rule": cfg.rule, "data": cfg.data["name"], "seed": cfg.train.seed,
+               "epochs": len(trainer.history), "planned_epochs": cfg.train.epochs, "test_acc": None,
+               "failed": str(e), "curve": trainer.history, **trainer.env}
+        write_row(row, out, bench)
+        raise
     wall = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated(trainer.device) / 2**20 if trainer.device.type == "cuda" else None
     row = result_row(cfg, trainer.history, trainer.env, config_path, overrides, trainer.dataset.describe(), bench,

@@ -257,3 +257,27 @@ def test_resnets_convert_and_fa_with_b_equal_w_is_bp(name, params):
     ours = [p.grad for n, p in m.named_parameters() if not n.endswith("weight_b")]
     for a, b in zip(ours, bp):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+def test_optimizer_weight_decay_skips_b_where_the_regulariser_decays_it():
+    from bioprop.train import load_config
+    from bioprop.train.trainer import build_optimizer
+
+    cfg = load_config(None, ["model=mlp", "optim.weight_decay=0.01"])
+    for rule_name, kw, b_decay in [("sa", {}, 0.0), ("wm", {}, 0.0), ("kp", {}, 0.01), ("sa", {"decay_b": True}, 0.01)]:
+        m = create_model("mlp", in_shape=[8], hidden=[6], num_classes=3)
+        rule = create_rule(rule_name, **kw)
+        m = rule.prepare(m)
+        opt = build_optimizer(m.parameters(), cfg.optim, rule.no_weight_decay(m))
+        decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+        for _, layer in fb_layers(m):
+            assert decay[id(layer.weight)] == 0.01 and decay[id(layer.weight_b)] == b_decay
+    # SA without the extra decay reaches its fixed point B = beta / (2 alpha) W = W under SGD with wd
+    layer = _fb_linear()
+    sgd = load_config(None, ["model=mlp", "optim.name=sgd", "optim.lr=250", "optim.momentum=0",
+                             "optim.weight_decay=0.01"]).optim
+    opt = build_optimizer([layer.weight_b], sgd, create_rule("sa").no_weight_decay(nn.Sequential(layer)))
+    for _ in range(200):
+        layer.weight_b.grad = regularizer_grad("sa", layer, None, 1e-3, 2e-3, 0.0)
+        opt.step()
+    torch.testing.assert_close(layer.weight_b.detach(), layer.weight.detach(), rtol=1e-6, atol=1e-8)

@@ -176,6 +176,10 @@ class AlignmentConfig:
     scale, and the curvature of R in B does not grow with the feature map); ``False`` sums over
     positions as the reference code does (its WM fixed point grows with the feature map's size,
     which made WM and AA diverge on a CIFAR ResNet-20 at lr 0.1).
+    ``decay_b``: whether the optimizer's weight decay also applies to B. Default (``None``): yes
+    for ``kp`` (its fixed point B = W needs the decays matched), no for ``wm``, ``ia``, ``sa``
+    and ``aa``, whose regulariser decays B itself: an extra decay would move the fixed point
+    (SA: B = beta / (2 alpha + wd) W, a gain below 1 that compounds through depth).
     ``model_rule`` (+ ``model_rule_config``): the model rule this layer rule stacks under, e.g.
     ``bptt`` to train a spiking model without weight transport (default ``bp``).
     """
@@ -190,6 +194,7 @@ class AlignmentConfig:
     angle_every: int = 10
     compare_every: int = 0
     position_mean: bool = True
+    decay_b: Optional[bool] = None
     model_rule: str = "bp"
     model_rule_config: Dict[str, Any] = field(default_factory=dict)
 
@@ -309,6 +314,11 @@ class AlignmentRule(Rule):
             for name, layer in fb_layers(model):
                 layer.register_forward_pre_hook(self._grab(name))
         return model
+
+    def no_weight_decay(self, model: nn.Module) -> List[nn.Parameter]:
+        decay = self.config.decay_b if self.config.decay_b is not None else self.name not in DEFAULTS
+        own = [] if decay else [layer.weight_b for _, layer in fb_layers(model)]
+        return own + list(self.inner.no_weight_decay(model))
 
     def _grab(self, name: str):
         """Record the layer's input shape (wm, ia: noise of that shape) or the input itself (aa)."""

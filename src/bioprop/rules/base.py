@@ -17,7 +17,7 @@ Rules never own or step the optimizer.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -88,6 +88,11 @@ class Rule:
 
     def after_step(self, model: nn.Module) -> None:
         """Called after ``optimizer.step()``."""
+
+    def no_weight_decay(self, model: nn.Module) -> List[nn.Parameter]:
+        """Parameters the optimizer must not decay (the trainer puts them in a group with
+        ``weight_decay = 0``), e.g. backward kernels whose regulariser has its own decay term."""
+        return []
 
     # -- state ------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:

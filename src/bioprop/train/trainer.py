@@ -52,14 +52,21 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def build_optimizer(params, c) -> torch.optim.Optimizer:
+def build_optimizer(params, c, no_weight_decay=()) -> torch.optim.Optimizer:
+    """The optimizer of ``c`` over the trainable ``params``; those in ``no_weight_decay`` (e.g. a
+    rule's backward kernels that its own regulariser already decays) form a group without decay."""
     params = [p for p in params if p.requires_grad]
+    skip = {id(p) for p in no_weight_decay}
+    groups = [{"params": [p for p in params if id(p) not in skip]}]
+    if skip:
+        groups.append({"params": [p for p in params if id(p) in skip], "weight_decay": 0.0})
+    groups = [g for g in groups if g["params"]]
     if c.name == "sgd":
-        return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov,
+        return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov,
                                weight_decay=c.weight_decay)
     if c.name == "adam":
-        return torch.optim.Adam(params, lr=c.lr, betas=tuple(c.betas), weight_decay=c.weight_decay)
-    return torch.optim.AdamW(params, lr=c.lr, betas=tuple(c.betas), weight_decay=c.weight_decay)
+        return torch.optim.Adam(groups, lr=c.lr, betas=tuple(c.betas), weight_decay=c.weight_decay)
+    return torch.optim.AdamW(groups, lr=c.lr, betas=tuple(c.betas), weight_decay=c.weight_decay)
 
 
 def lr_factor(c: ScheduleConfig, step: int, steps_per_epoch: int, epochs: int, base_lr: float) -> float:
@@ -167,7 +174,7 @@ class Trainer:
         self.steps_per_epoch = len(self.dataset.loader("train", self.device, seed=c.train.seed, epoch=0))
         if c.train.max_steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, c.train.max_steps_per_epoch)
-        self.optimizer = build_optimizer(self.model.parameters(), c.optim)
+        self.optimizer = build_optimizer(self.model.parameters(), c.optim, self.rule.no_weight_decay(self.model))
         self.scheduler = build_scheduler(self.optimizer, c.schedule, self.steps_per_epoch, c.train.epochs)
         self.scaler = torch.amp.GradScaler(self.device.type) if c.train.amp == "fp16" else None
         self.loss_fn = lambda logits, y: F.cross_entropy(logits, y, label_smoothing=c.train.label_smoothing)
