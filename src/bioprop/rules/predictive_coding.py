@@ -31,6 +31,7 @@ FixedPred(1, L) needs about L VJPs instead of L^2/2. Inference is vectorised ove
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 
@@ -263,6 +264,7 @@ class PredictiveCoding(Rule):
             raise ValueError(f"pc: need n >= 1 (or None) and eta > 0, got n={config.n}, eta={config.eta}")
         self.steps = 0
         self._graphed: Optional[GraphedStep] = None
+        self._graph_failed = False
         self._vjps = 0
 
     def prepare(self, model: nn.Module) -> nn.Module:
@@ -300,10 +302,19 @@ class PredictiveCoding(Rule):
         blocks = blocks_of(model)
         params = [p for p in model.parameters() if p.requires_grad]
         compare = bool(c.compare_every) and (self.steps + 1) % c.compare_every == 0
-        if c.cuda_graph and x.is_cuda and scaler is None and not compare and torch.is_grad_enabled():
+        graphed = None
+        if c.cuda_graph and x.is_cuda and scaler is None and not compare and torch.is_grad_enabled() \
+                and not self._graph_failed:
             if self._graphed is None or self._graphed.model is not model:
                 self._graphed = GraphedStep(lambda xs, ys: self._compute(blocks, params, xs, ys, loss_fn), model)
-            loss, logits, stats, grads = self._graphed(x, y)
+            try:
+                graphed = self._graphed(x, y)
+            except RuntimeError as e:  # capture refused (e.g. an op that syncs): run eagerly from now on
+                warnings.warn(f"pc: CUDA-graph capture failed ({e}); running the step eagerly "
+                              "(set rule.cuda_graph=false to skip the attempt)", RuntimeWarning, stacklevel=2)
+                self._graph_failed = True
+        if graphed is not None:
+            loss, logits, stats, grads = graphed
             stats = dict(stats)
         else:
             scale = float(scaler.get_scale()) if scaler is not None else 1.0
