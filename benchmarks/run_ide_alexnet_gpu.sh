@@ -32,16 +32,20 @@ EOF
   M1=$((E / 2)); M2=$((3 * E / 4)); [ "$M2" -le "$M1" ] && M2=$((M1 + 1))
   echo "AlexNet-F: $E epochs (milestones $M1, $M2)" | tee "$RUNS.plan"
   mkdir -p "$RUNS"
-  echo "train.epochs=$E schedule.milestones=[$M1,$M2]" > "$RUNS/overrides.txt"
+  echo "train.epochs=$E schedule.milestones=[$M1,$M2] ${EXTRA:-}" > "$RUNS/overrides.txt"
   setsid nohup python benchmarks/train_bench.py --config $CFG --data-dir "$CIFAR" --out "$RUNS/train.jsonl" \
     train.epochs="$E" "schedule.milestones=[$M1,$M2]" train.name=$NAME train.out_dir="$RUNS" ${EXTRA:-} \
     > "$RUNS/log.txt" 2>&1 < /dev/null &
   echo $! > "$RUNS/pid" ;;
-wait)
-  RUNS=$1; END=$((SECONDS + $2))
-  while [ $SECONDS -lt $END ] && kill -0 "$(cat "$RUNS/pid")" 2>/dev/null; do
-    sleep 20; tail -n 1 "$RUNS/$NAME/metrics.jsonl" 2>/dev/null | cut -c1-160
-  done ;;
+wait)  # RUNS may be several run folders, quoted: "A B"
+  END=$((SECONDS + $2))
+  while [ $SECONDS -lt $END ]; do
+    alive=0
+    for R in $1; do kill -0 "$(cat "$R/pid")" 2>/dev/null && alive=1; done
+    [ $alive = 0 ] && break
+    sleep 20
+  done
+  for R in $1; do echo "$R: $(tail -n 1 "$R/$NAME/metrics.jsonl" 2>/dev/null | cut -c1-200)"; done ;;
 finish)
   RUNS=$1; OUT=$2; read -r -a OV < "$RUNS/overrides.txt"
   if kill -0 "$(cat "$RUNS/pid")" 2>/dev/null; then
@@ -50,6 +54,6 @@ finish)
   else
     cat "$RUNS/train.jsonl" >> "$OUT/train.jsonl"
   fi
-  tar czf "$OUT/alexnet_run.tgz" -C "$RUNS" log.txt "$NAME/metrics.jsonl" ;;
+  tar czf "$OUT/$(basename "$RUNS").tgz" -C "$RUNS" log.txt $(cd "$RUNS" && ls "$NAME/metrics.jsonl" 2>/dev/null) ;;
 *) echo "unknown command $cmd" >&2; exit 2 ;;
 esac

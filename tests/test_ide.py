@@ -495,3 +495,27 @@ def test_multilayer_records_synaptic_operations():
         assert f"synops_per_sample/{k}" in stats
     # the spikes of layer 5 reach the classifier's outputs: out_features events each
     assert float(rec.synops["classifier"]) == float(rec.spikes["lif5"]) * 3
+
+
+def test_multilayer_batch_statistics_map_gradient_equals_full_dense_solve():
+    """inner_bn='batch': the map couples the samples through the batch statistics, so the implicit
+    gradient is checked against a dense solve of the whole batch's (I - J^T) g = dL/da."""
+    m, x = _tiny_multilayer()
+    m.inner_bn = "batch"
+    y = torch.tensor([0, 1, 2, 1])
+    with torch.no_grad():
+        a, _ = m.simulate(m.begin(x))
+    st = m.begin(x)
+    fmap = lambda v: m.equilibrium_map(v, st)  # noqa: E731  (train mode: batch statistics)
+    J = torch.autograd.functional.jacobian(fmap, a).reshape(a.numel(), a.numel())
+    coupled = J.reshape(a.shape[0], -1, a.shape[0], a[0].numel())
+    assert float(coupled[0, :, 1, :].abs().max()) > 0  # samples interact through the statistics
+    ar = a.clone().requires_grad_()
+    (dlda,) = torch.autograd.grad(F.cross_entropy(m.readout(ar), y), ar)
+    g = torch.linalg.solve(torch.eye(a.numel(), dtype=a.dtype) - J.T, dlda.flatten()).reshape(a.shape)
+    params = list(m.parameters())
+    gz = torch.autograd.grad(m.equilibrium_map(a, st), params, g, allow_unused=True)
+    gr = torch.autograd.grad(F.cross_entropy(m.readout(a), y), params, allow_unused=True)
+    dense = [(u if u is not None else 0) + (v if v is not None else 0) for u, v in zip(gz, gr)]
+    grads, _ = _rule_grads(m, x, y, solver="broyden")
+    assert _rel(grads, dense) < 1e-6

@@ -304,11 +304,18 @@ def f64c5(c: F64C5Config) -> nn.Module:
 @dataclass
 class MultiLayerFeedbackConfig(FeedbackSNNConfig):
     """AlexNet-F / CIFARNet-F: input conv (stride 2) + four conv layers, feedback from the last
-    layer to the first through a stride-2 transposed convolution with one step of delay."""
+    layer to the first through a stride-2 transposed convolution with one step of delay.
+
+    ``inner_bn``: statistics of the inner BatchNorms in the differentiable map application during
+    training: ``running`` (the running statistics, as in the simulation: one consistent function)
+    or ``batch`` (the batch statistics of the rates the map is applied to, with gradients through
+    them, in the map, its Jacobian and the implicit backward alike, as the reference's train-mode
+    map; the simulation, and BPTT's unrolled one, keep the running statistics)."""
 
     in_shape: Tuple[int, ...] = (3, 32, 32)
     channels: Tuple[int, int, int, int, int] = (96, 256, 384, 384, 256)
     leak: float = 0.99
+    inner_bn: Literal["running", "batch"] = "running"
 
 
 class MultiLayerFeedbackSNN(nn.Module):
@@ -356,6 +363,7 @@ class MultiLayerFeedbackSNN(nn.Module):
         self.dropout = float(c.dropout)
         self.hidden_shape = shapes[4]
         self.surrogate = c.surrogate
+        self.inner_bn = c.inner_bn
 
     def blocks(self) -> List[nn.Module]:
         return [nn.Sequential(self.encoder, self.bn), *[nn.Sequential(cv, b) for cv, b in zip(self.convs, self.bns)],
@@ -389,13 +397,18 @@ class MultiLayerFeedbackSNN(nn.Module):
                 st.drive_seq = st.drive_seq * masks["l0"]
         return st
 
-    def _layer(self, i: int, a: torch.Tensor, st, detach: bool) -> torch.Tensor:
-        """Input current of layer ``i + 2`` from layer ``i + 1``'s output: running-statistics BN."""
+    def _layer(self, i: int, a: torch.Tensor, st, detach: bool, batch_stats: bool = False) -> torch.Tensor:
+        """Input current of layer ``i + 2`` from layer ``i + 1``'s output: BN with the running
+        statistics, or with the batch statistics of ``a`` (``batch_stats``: the map under
+        ``inner_bn='batch'``, its Jacobian included)."""
         conv, bn = self.convs[i], self.bns[i]
         w, b = (conv.weight.detach(), conv.bias.detach()) if detach else (conv.weight, conv.bias)
         gw, gb = (bn.weight.detach(), bn.bias.detach()) if detach else (bn.weight, bn.bias)
         z = F.conv2d(a, w, b, conv.stride, conv.padding)
-        z = F.batch_norm(z, bn.running_mean, bn.running_var, gw, gb, False, 0.0, bn.eps)
+        if batch_stats:
+            z = F.batch_norm(z, None, None, gw, gb, True, 0.0, bn.eps)
+        else:
+            z = F.batch_norm(z, bn.running_mean, bn.running_var, gw, gb, False, 0.0, bn.eps)
         masks = getattr(st, "masks", None)
         return z * masks[f"l{i + 1}"] if masks is not None else z
 
@@ -451,8 +464,9 @@ class MultiLayerFeedbackSNN(nn.Module):
     def equilibrium_map(self, a: torch.Tensor, st, detach: bool = False) -> torch.Tensor:
         drive = st.drive.detach() if detach else st.drive
         h = torch.clamp((self._feedback(a, st, detach) + drive) / self.threshold, 0, 1)
+        batch_stats = self.inner_bn == "batch" and self.training
         for i in range(4):
-            h = torch.clamp(self._layer(i, h, st, detach) / self.threshold, 0, 1)
+            h = torch.clamp(self._layer(i, h, st, detach, batch_stats) / self.threshold, 0, 1)
         return h
 
     @torch.no_grad()
