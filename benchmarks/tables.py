@@ -57,7 +57,8 @@ def train_table(name: str = "train.jsonl", published: bool = True) -> str:
         acc = _pct(r["test_acc"]) + ("" if r["epochs"] == planned else f" (epoch {r['epochs']})")
         secs = r.get("train_time_total_s") or r.get("wall_s")
         tt = "-" if secs is None else f"{secs / 60:.1f} min"
-        out.append(f"| `{r['config']}`{ov} | {r['data']} | {r['rule']['name']} | {T} | {ep} | {r['seed']} "
+        data = "CIFAR-10 (JPEG q75 copy)" if r["data"] == "cifar10" else r["data"]  # the only CIFAR-10 here
+        out.append(f"| `{r['config']}`{ov} | {data} | {r['rule']['name']} | {T} | {ep} | {r['seed']} "
                    f"| {acc} | {_pct(r.get('best_test_acc'))} | {PUBLISHED.get(r['config'], '-') if published else '-'} "
                    f"| {r['train_images_per_s']:,.0f} | {tt} | {mem} | {r['device']} | {r.get('commit') or '-'} |")
     return "\n".join(out) + "\n"
@@ -150,6 +151,10 @@ def results_markdown() -> str:
             "(`benchmarks/results/ablation_f64c5_sigma.jsonl`; 10-epoch schedule, x0.1 at 5 and 8, both runs "
             "sharing one GPU; `sigma_of=kernel` is the reference's normalisation)\n\n"
             + train_table("ablation_f64c5_sigma.jsonl", published=False)
+            + "\n**Ablation: inner BatchNorm statistics of AlexNet-F in the IDE map** "
+            "(`benchmarks/results/ablation_alexnet_bn.jsonl`; CIFAR-10 (JPEG q75 copy), T=30, LIF, 12-epoch shortened "
+            "schedule (x0.1 at 6 and 9), both runs sharing one GPU, stopped by the time limit)\n\n"
+            + train_table("ablation_alexnet_bn.jsonl", published=False)
             + "\n**IDE vs BPTT on AlexNet-F: training images/s and peak memory against T** "
             "(`benchmarks/results/ide_memory.jsonl`, from `benchmarks/ide_memory.py`)\n\n" + ide_memory_table()
             + "\n**Two Routes rules on ResNet-20 / CIFAR-10 (JPEG q75 copy)** (`benchmarks/results/alignment_resnet20*.jsonl`, "

@@ -439,7 +439,7 @@ def test_multilayer_parameter_counts():
 def _tiny_multilayer():
     torch.manual_seed(0)
     m = create_model("alexnet_f", in_shape=[3, 8, 8], channels=[3, 4, 4, 3, 2], num_classes=3, dropout=0.0,
-                     power_iters=0, time_steps=12).double()
+                     power_iters=0, time_steps=12, inner_bn="running").double()
     with torch.no_grad():  # non-trivial running statistics for the inner BatchNorms
         for bn in m.bns:
             bn.running_mean.uniform_(-0.2, 0.2)
