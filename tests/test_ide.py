@@ -519,3 +519,63 @@ def test_multilayer_batch_statistics_map_gradient_equals_full_dense_solve():
     dense = [(u if u is not None else 0) + (v if v is not None else 0) for u, v in zip(gz, gr)]
     grads, _ = _rule_grads(m, x, y, solver="broyden")
     assert _rel(grads, dense) < 1e-6
+
+
+def test_multilayer_default_map_gradient_is_invariant_to_inner_conv_scale():
+    """Regression (AlexNet-F / CIFAR-10 died in epoch 1 with the running statistics in the map):
+    with the default ``inner_bn='batch'`` the map's inner BatchNorms normalise, so the implicit
+    gradient of each inner conv is orthogonal to its weight per output channel and the conv bias
+    gets none (as in backprop through train-mode BN). With the running statistics in the map the
+    gradient has a large radial part (cos ~0.2 here) and a bias part, the weights and means drift
+    away from what the running statistics normalise, the simulated rates leave the map's fixed
+    point and the map's last layer closes (all clamps at 0): zero gradient, a dead network."""
+    torch.manual_seed(0)
+    m = create_model("alexnet_f", in_shape=[3, 8, 8], channels=[4, 6, 6, 6, 4], num_classes=3, dropout=0.2,
+                     time_steps=12).double()
+    assert m.inner_bn == "batch"
+    with torch.no_grad():  # running statistics far from the batch's
+        for bn in m.bns:
+            bn.running_mean.uniform_(-0.2, 0.2)
+            bn.running_var.uniform_(0.05, 0.2)
+    x = torch.randn(16, 3, 8, 8, dtype=torch.float64)
+    y = torch.arange(16) % 3
+    rule = create_rule("ide", max_iter=100, tol=1e-10)
+    rule.seed(0)
+    m = rule.prepare(m)
+    m.zero_grad()
+    out = rule.step(m, x, y, F.cross_entropy)
+    assert float(out.stats["rate/lif5"]) > 0
+    for conv in m.convs:
+        gw, w = conv.weight.grad.flatten(1), conv.weight.detach().flatten(1)
+        assert float(gw.norm()) > 1e-3
+        cos = (gw * w).sum(1).abs() / (gw.norm(dim=1) * w.norm(dim=1)).clamp_min(1e-30)
+        assert float(cos.max()) < 1e-3  # BN eps keeps it from 0
+        assert float(conv.bias.grad.norm()) < 1e-10 * float(gw.norm())
+
+
+def test_multilayer_trains_on_structured_data_without_dying():
+    """A few dozen SGD steps (lr 0.05, momentum 0.9, dropout) of a small AlexNet-F on noisy class
+    prototypes: the loss stays finite and falls, and every step sends gradient past the readout."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    protos = torch.randn(4, 3, 8, 8, generator=g)
+    m = create_model("alexnet_f", in_shape=[3, 8, 8], channels=[8, 16, 16, 16, 16], num_classes=4, time_steps=8)
+    rule = create_rule("ide", max_iter=30)
+    rule.seed(0)
+    m = rule.prepare(m)
+    opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    losses = []
+    for _ in range(40):
+        y = torch.randint(0, 4, (32,), generator=g)
+        x = protos[y] + 0.5 * torch.randn(32, 3, 8, 8, generator=g)
+        opt.zero_grad(set_to_none=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SolverWarning)
+            out = rule.step(m, x, y, F.cross_entropy)
+        assert torch.isfinite(out.loss)
+        inner = sum(float(p.grad.norm()) for n, p in m.named_parameters()
+                    if p.grad is not None and not n.startswith("classifier"))
+        assert inner > 0, "no gradient past the readout: the map's clamps are all closed"
+        losses.append(float(out.loss))
+        opt.step()
+    assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10

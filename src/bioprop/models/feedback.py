@@ -306,12 +306,16 @@ class MultiLayerFeedbackConfig(FeedbackSNNConfig):
     """AlexNet-F / CIFARNet-F: input conv (stride 2) + four conv layers, feedback from the last
     layer to the first through a stride-2 transposed convolution with one step of delay.
 
-    ``inner_bn``: statistics of the inner BatchNorms in the differentiable map application during
-    training: ``batch`` (default) or ``running`` (the running statistics, as in the simulation: one
-    consistent function, but the gradient then ignores the normalisation, and AlexNet-F / CIFAR-10
-    at lr 0.05 blew up in its first epoch and never recovered: 10% test accuracy) or ``batch`` (the batch statistics of the rates the map is applied to, with gradients through
-    them, in the map, its Jacobian and the implicit backward alike, as the reference's train-mode
-    map; the simulation, and BPTT's unrolled one, keep the running statistics)."""
+    ``inner_bn``: statistics of the inner BatchNorms in the differentiable map during training.
+    ``batch`` (default): the batch statistics of the rates the map is applied to, with gradients
+    through them, in the map, its Jacobian and the implicit backward alike (as the reference's
+    train-mode map); the simulation, and BPTT's unrolled one, keep the running statistics.
+    ``running``: the running statistics, as in the simulation (one consistent function) -- but
+    then the gradient ignores the normalisation (it has a radial part along each inner conv's
+    weights and a bias part), weights and means drift faster than the running statistics follow,
+    the simulated rates leave the map's fixed point, and once the map's last layer is closed at
+    the simulated rates (every clamp at 0) no gradient passes the readout: AlexNet-F / CIFAR-10
+    at lr 0.05 died in its first epoch (10% test accuracy). Kept for ablations only."""
 
     in_shape: Tuple[int, ...] = (3, 32, 32)
     channels: Tuple[int, int, int, int, int] = (96, 256, 384, 384, 256)
@@ -326,10 +330,11 @@ class MultiLayerFeedbackSNN(nn.Module):
         a_1 = clamp((W_fb a_5 + F xbar) / Vth),  a_{l+1} = clamp(BN_l(F_l a_l) / Vth),  f(a_5) = a_5.
 
     BatchNorm of the input layer uses the batch statistics once per step (as in :class:`FeedbackSNN`);
-    the inner layers' BatchNorms use their running statistics in the simulation, the map and its
-    Jacobian alike (one consistent function), and :meth:`update_statistics` moves those running
-    statistics towards the batch statistics of the simulated rates after each step (the
-    reference mixes batch and running statistics between the simulation and the map).
+    the inner layers' BatchNorms use their running statistics in the simulation and the batch
+    statistics of the map's own intermediate rates in the map, its Jacobian and the implicit
+    backward (``inner_bn='batch'``; see :class:`MultiLayerFeedbackConfig`), and
+    :meth:`update_statistics` moves the running statistics towards the batch statistics of the
+    simulated rates after each step (the reference updates them from the map's train-mode pass).
     """
 
     is_spiking = True
