@@ -13,11 +13,13 @@ from typing import Dict, List
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _rows(name: str) -> List[Dict]:
+def _lines(name: str) -> List[Dict]:
     f = RESULTS / name
-    if not f.is_file():
-        return []
-    rows = [json.loads(l) for l in f.read_text().splitlines() if l.strip()]
+    return [json.loads(l) for l in f.read_text().splitlines() if l.strip()] if f.is_file() else []
+
+
+def _rows(name: str) -> List[Dict]:
+    rows = _lines(name)
     newest: Dict[tuple, Dict] = {}
     for r in rows:
         newest[(r.get("config"), tuple(r.get("overrides", [])), r.get("seed"))] = r
@@ -62,11 +64,6 @@ def train_table(name: str = "train.jsonl", published: bool = True) -> str:
                    f"| {acc} | {_pct(r.get('best_test_acc'))} | {PUBLISHED.get(r['config'], '-') if published else '-'} "
                    f"| {r['train_images_per_s']:,.0f} | {tt} | {mem} | {r['device']} | {r.get('commit') or '-'} |")
     return "\n".join(out) + "\n"
-
-
-def _lines(name: str) -> List[Dict]:
-    f = RESULTS / name
-    return [json.loads(l) for l in f.read_text().splitlines() if l.strip()] if f.is_file() else []
 
 
 def _newest_commit(rows: List[Dict]) -> List[Dict]:

@@ -12,7 +12,6 @@ Uses nothing else of bioprop.
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
@@ -59,20 +58,22 @@ def synaptic_operations(layer: nn.Module, spikes: torch.Tensor) -> torch.Tensor:
     raise TypeError(f"synaptic_operations: unsupported layer {type(layer).__name__}")
 
 
+def _cosine_tensor(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-30) -> torch.Tensor:
+    a, b = a.detach().flatten().double(), b.detach().flatten().double()
+    return (a @ b) / (a.norm() * b.norm()).clamp_min(eps)
+
+
 def cosine(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-30) -> float:
     """Cosine similarity of two tensors seen as flat vectors."""
-    a, b = a.detach().flatten().double(), b.detach().flatten().double()
-    return float((a @ b) / (a.norm() * b.norm()).clamp_min(eps))
+    return float(_cosine_tensor(a, b, eps))
 
 
 def angle_degrees(a: torch.Tensor, b: torch.Tensor) -> float:
     """Angle between two tensors seen as flat vectors, in degrees (0 = same direction)."""
-    return math.degrees(math.acos(max(-1.0, min(1.0, cosine(a, b)))))
+    return float(angle_degrees_tensor(a, b))
 
 
 def angle_degrees_tensor(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-30) -> torch.Tensor:
     """:func:`angle_degrees` as a 0-dim float64 tensor on ``a``'s device: no host synchronisation,
     so a rule can log it every step on a GPU (the trainer averages such tensors over the epoch)."""
-    a, b = a.detach().flatten().double(), b.detach().flatten().double()
-    c = ((a @ b) / (a.norm() * b.norm()).clamp_min(eps)).clamp(-1.0, 1.0)
-    return torch.rad2deg(torch.acos(c))
+    return torch.rad2deg(torch.acos(_cosine_tensor(a, b, eps).clamp(-1.0, 1.0)))

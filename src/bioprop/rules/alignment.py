@@ -175,7 +175,7 @@ class AlignmentConfig:
     over samples and output positions (default; the fixed points then have the Linear layer's
     scale, and the curvature of R in B does not grow with the feature map); ``False`` sums over
     positions as the reference code does (its WM fixed point grows with the feature map's size,
-    which made WM and AA diverge on a CIFAR ResNet-20 at lr 0.1).
+    which made WM diverge on a CIFAR ResNet-20 at lr 0.1).
     ``decay_b``: whether the optimizer's weight decay also applies to B. Default (``None``): yes
     for ``kp`` (its fixed point B = W needs the decays matched), no for ``wm``, ``ia``, ``sa``
     and ``aa``, whose regulariser decays B itself: an extra decay would move the fixed point

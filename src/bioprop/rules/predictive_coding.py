@@ -95,6 +95,26 @@ def _vjp_input(out: torch.Tensor, leaf: torch.Tensor, e: torch.Tensor) -> torch.
     return g
 
 
+def _feedforward(blocks: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn):
+    """Feed-forward pass with block-local graphs: ``(leaves, outputs, loss, dL/doutput)``."""
+    leaves, outs = [], []
+    h = x
+    for b in blocks:
+        leaf, out = _local(b, h)
+        leaves.append(leaf)
+        outs.append(out)
+        h = out.detach()
+    loss = loss_fn(outs[-1], y)
+    (e_top,) = torch.autograd.grad(loss, outs[-1], retain_graph=True)
+    return leaves, outs, loss, e_top
+
+
+def _settled(eps: List[Optional[torch.Tensor]], outs: List[torch.Tensor], loss: torch.Tensor):
+    """Errors with the still-zero ones materialised, and the energy they give."""
+    final = [e if e is not None else torch.zeros_like(o) for e, o in zip(eps, outs)]
+    return final, 0.5 * sum((e.detach() ** 2).sum() for e in final[:-1]) + loss.detach()
+
+
 def pc_errors(blocks: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
               variant: str = "fixed_pred", eta: float = 1.0, n: Optional[int] = None,
               vinit: Optional[Sequence[torch.Tensor]] = None) -> PCResult:
@@ -114,17 +134,7 @@ def pc_errors(blocks: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, los
     if variant == "strict":
         return _strict(blocks, x, y, loss_fn, eta, n, vinit)
 
-    # feed-forward pass with block-local graphs
-    leaves, outs = [], []
-    h = x
-    for b in blocks:
-        leaf, out = _local(b, h)
-        leaves.append(leaf)
-        outs.append(out)
-        h = out.detach()
-    logits = outs[-1]
-    loss = loss_fn(logits, y)
-    (e_top,) = torch.autograd.grad(loss, logits, retain_graph=True)
+    leaves, outs, loss, e_top = _feedforward(blocks, x, y, loss_fn)
     eps: List[Optional[torch.Tensor]] = [None] * (L - 1) + [e_top]  # None = still zero
     vjps = 0
     if variant == "exact":
@@ -160,9 +170,8 @@ def pc_errors(blocks: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, los
                     add = eta * b[1] if b is not None else None
                     eps[l] = add if cur is None else (cur if add is None else cur + add)
                 version[l] += 1
-    final = [e if e is not None else torch.zeros_like(o) for e, o in zip(eps, outs)]
-    energy = 0.5 * sum((e.detach() ** 2).sum() for e in final[:-1]) + loss.detach()
-    return PCResult(final, outs, loss.detach(), logits.detach(), energy, [], vjps)
+    final, energy = _settled(eps, outs, loss)
+    return PCResult(final, outs, loss.detach(), outs[-1].detach(), energy, [], vjps)
 
 
 def _strict(blocks, x, y, loss_fn, eta, n, vinit) -> PCResult:
@@ -219,15 +228,7 @@ def pc_chain_grads(blocks: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor
     no VJP, a zero update. Returns the :class:`PCResult` (``outputs`` empty: no second pass needed) and
     the gradient of each trainable parameter that got one."""
     L = len(blocks)
-    leaves, outs = [], []
-    h = x
-    for b in blocks:
-        leaf, out = _local(b, h)
-        leaves.append(leaf)
-        outs.append(out)
-        h = out.detach()
-    loss = loss_fn(outs[-1], y)
-    (e_top,) = torch.autograd.grad(loss, outs[-1], retain_graph=True)
+    leaves, outs, loss, e_top = _feedforward(blocks, x, y, loss_fn)
     eps: List[Optional[torch.Tensor]] = [None] * (L - 1) + [e_top]
     grads: Dict[nn.Parameter, torch.Tensor] = {}
     lowest = max(0, L - depth)
@@ -248,8 +249,7 @@ def pc_chain_grads(blocks: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor
         for p in b.parameters():
             if p.requires_grad and p not in grads:
                 grads[p] = torch.zeros_like(p)
-    final = [e if e is not None else torch.zeros_like(o) for e, o in zip(eps, outs)]
-    energy = 0.5 * sum((e.detach() ** 2).sum() for e in final[:-1]) + loss.detach()
+    final, energy = _settled(eps, outs, loss)
     return PCResult(final, [], loss.detach(), outs[-1].detach(), energy, [], vjps), grads
 
 
