@@ -39,16 +39,28 @@ PUBLISHED = {
     "configs/ide_f64c5_nmnist_if.yaml": "99.30 +- 0.04 (best 99.35)",
     "configs/ide_f64c5_nmnist_lif.yaml": "99.42 +- 0.04 (best 99.47)",
     "configs/ide_alexnet_f_cifar10_t30_lif.yaml": "91.74 +- 0.09 (best 91.92)",
+    "configs/tssl_mnist_cnn.yaml": "99.50 +- 0.02 (best 99.53)",
+    "configs/tssl_fmnist_mlp.yaml": "89.75 (best 89.92)",
+    "configs/tssl_fmnist_cnn.yaml": "92.69 +- 0.09 (best 92.83)",
+    "configs/tssl_cifar10_cnn.yaml": "88.98 +- 0.27 (best 89.22)",
+    "configs/tssl_cifar10_large.yaml": "91.41",
 }
+
+
+def _val_selected(r: Dict) -> str:
+    if r.get("val_selected_test_acc") is None:
+        return "-"
+    return f"{_pct(r['val_selected_test_acc'])} (epoch {r['val_selected_epoch']})"
 
 
 def train_table(name: str = "train.jsonl", published: bool = True) -> str:
     rows = [r for r in _rows(name) if not r.get("failed")]
     if not rows:
         return f"_No results in benchmarks/results/{name} yet._\n"
-    out = ["| config | data | rule | T | epochs | seed | test acc % (final epoch) | best test epoch % (labelled) "
-           "| published (best test epoch) | train img/s | train time | peak MiB | device | commit |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    out = ["| config | data | rule | T | epochs | seed | test acc % (final epoch) | test acc % at best val epoch "
+           "| best test epoch % (labelled) | published (best test epoch) | train img/s | train time | peak MiB "
+           "| device | commit |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in sorted(rows, key=lambda r: r["config"]):
         T = r["model"].get("time_steps", "-")
         shown = [o for o in r.get("overrides", []) if not o.startswith("train.out_dir=")]
@@ -61,7 +73,7 @@ def train_table(name: str = "train.jsonl", published: bool = True) -> str:
         tt = "-" if secs is None else f"{secs / 60:.1f} min"
         data = "CIFAR-10 (JPEG q75 copy)" if r["data"] == "cifar10" else r["data"]  # the only CIFAR-10 here
         out.append(f"| `{r['config']}`{ov} | {data} | {r['rule']['name']} | {T} | {ep} | {r['seed']} "
-                   f"| {acc} | {_pct(r.get('best_test_acc'))} | {PUBLISHED.get(r['config'], '-') if published else '-'} "
+                   f"| {acc} | {_val_selected(r)} | {_pct(r.get('best_test_acc'))} | {PUBLISHED.get(r['config'], '-') if published else '-'} "
                    f"| {r['train_images_per_s']:,.0f} | {tt} | {mem} | {r['device']} | {r.get('commit') or '-'} |")
     return "\n".join(out) + "\n"
 
@@ -142,6 +154,31 @@ def ide_memory_table() -> str:
             f"{r['device']}, torch {r['torch']}, commit {r['commit']}.\n")
 
 
+def tssl_speed_table() -> str:
+    rows = _newest_commit(_lines("tssl_speed.jsonl"))
+    if not rows:
+        return ("_No results in benchmarks/results/tssl_speed.jsonl yet (GPU figures not measured; "
+                "`benchmarks/run_tssl_gpu.sh` measures them)._\n")
+    variants = [v for v in ("bptt", "tssl", "tssl+graph") if any(r.get("variant", r["rule"]) == v for r in rows)]
+    out = ["| model | " + " | ".join(f"`{v}` img/s | `{v}` peak MiB" for v in variants) + " | best tssl / bptt |",
+           "| --- | " + " | ".join("--- | ---" for _ in variants) + " | --- |"]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        cells, ratio = [], None
+        for v in variants:
+            r = next((r for r in rows if r["model"] == model and r.get("variant", r["rule"]) == v), None)
+            if r is None or r.get("out_of_memory"):
+                cells += ["out of memory" if r else "-", "-"]
+                continue
+            mem = "-" if r.get("peak_memory_mib") is None else f"{r['peak_memory_mib']:,.0f}"
+            cells += [f"{r['train_images_per_s']:,.0f}" + (" (capture failed)" if r.get("graph_failed") else ""), mem]
+            if r.get("speedup_vs_bptt"):
+                ratio = max(ratio or 0.0, r["speedup_vs_bptt"])
+        out.append(f"| `{model}` | " + " | ".join(cells) + f" | {'-' if ratio is None else f'{ratio:.2f}x'} |")
+    r = rows[0]
+    return ("\n".join(out) + f"\n\nT={r['T']}, batch {r['batch']}, one step = rule.step + grad-norm clip + AdamW + "
+            f"weight clamp; {r['device']}, torch {r['torch']}, commit {r['commit']}.\n")
+
+
 def results_markdown() -> str:
     return ("**Training runs** (`benchmarks/results/train.jsonl`, from `benchmarks/train_bench.py`)\n\n"
             + train_table() + "\n**Ablation: spectral norm of the F64C5 feedback convolution** "
@@ -158,6 +195,8 @@ def results_markdown() -> str:
             "from `benchmarks/run_methods_gpu.sh`: step times measured one rule after the other on an idle GPU, "
             "the training runs concurrently, one schedule for all: SGD 0.1, momentum 0.9, wd 5e-4, cosine, "
             "batch 128, the epochs shown)\n\n" + alignment_table()
+            + "\n**TSSL-BP against BPTT on the same networks: training images/s** (`benchmarks/results/tssl_speed.jsonl`, "
+            "from `benchmarks/tssl_speed.py`)\n\n" + tssl_speed_table()
             + "\n**Predictive coding: time per training step on the 5-block MNIST CNN** (`benchmarks/results/pc_speed.jsonl`, "
             "from `benchmarks/pc_speed.py`)\n\n" + pc_speed_table())
 

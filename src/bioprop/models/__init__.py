@@ -1,6 +1,6 @@
 """Model registry (``create_model``) and the architectures of the papers bioprop reproduces."""
 
-from . import feedback, feedforward, resnet  # noqa: F401  (register the models)
+from . import feedback, feedforward, resnet, tssl_nets  # noqa: F401  (register the models)
 from .base import MODELS, Edge, SpikeRecord, blocks_of, conv_out, count_parameters, create_model
 from .feedforward import FeedforwardNet, SpikingFeedforwardNet
 
