@@ -3,19 +3,17 @@
 #   run_tssl_gpu.sh start SRC RUNS      1. the GPU-only tests of tests/test_tssl.py (CUDA-graph step ==
 #        eager step in float64); the runs use rule.cuda_graph=true only if they pass; 2. (GPU idle)
 #        tssl_speed.py: train images/s of tssl, tssl+graph and bptt on every TSSL-BP network, T=5,
-#        batch 50; 3. launch the reference recipes detached: MNIST 15C5-P2-40C5-P2-300, Fashion-MNIST
-#        32C5-P2-64C5-P2-1024 and 400-400, CIFAR-10 (JPEG q75 copy) 96C3-...-1024-1024 (full epoch
-#        counts; they run until `finish`, so a stopped run is recorded as shortened, with its curve)
-#   run_tssl_gpu.sh wait RUNS SECONDS   wait, printing each run's last epoch
-#   run_tssl_gpu.sh finish RUNS OUT     stop the runs still going, write every run's JSON line to
-#        OUT/train.jsonl (final epoch, validation-selected epoch, best test epoch labelled), copy
-#        OUT/tssl_speed.jsonl, pack the logs and metrics into OUT/tssl_runs.tgz
+#        batch 50 -> RUNS/tssl_speed.jsonl; 3. launch the reference recipes detached: MNIST
+#        15C5-P2-40C5-P2-300, Fashion-MNIST 32C5-P2-64C5-P2-1024 and 400-400, CIFAR-10 (JPEG q75 copy)
+#        96C3-...-1024-1024 (full epoch counts: they run until `finish`; a stopped run is recorded as
+#        shortened, with its curve)
+#   run_tssl_gpu.sh wait RUNS SECONDS / finish RUNS OUT: see benchmarks/detached.sh (finish also
+#        copies tssl_speed.jsonl to OUT)
 # SRC: a folder with mnist/ and fashion-mnist/ (IDX files), cifar10-jpeg75.tar.gz, cifar10_from_jpeg.py
 # SMOKE=1: CPU-sized (2 steps per epoch, 512 training images, one small speed measurement).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=src CI=true PYTHONUNBUFFERED=1
-RUNNAMES="tssl_mnist_cnn tssl_fmnist_cnn tssl_fmnist_mlp tssl_cifar10_cnn"
 cmd=$1; shift
 case $cmd in
 start)
@@ -35,40 +33,13 @@ start)
   fi
   echo "rule.cuda_graph=$GRAPH" | tee "$RUNS/graph.txt"
   python benchmarks/tssl_speed.py "${SPEED[@]}" --out "$RUNS/tssl_speed.jsonl" 2>&1 | tee "$RUNS/log_speed.txt"
-  for name in $RUNNAMES; do
-    case $name in
-      tssl_mnist_cnn) data=$SRC/mnist ;;
-      tssl_fmnist_*) data=$SRC/fashion-mnist ;;
-      *) data=$CIFAR ;;
-    esac
-    echo "rule.cuda_graph=$GRAPH ${SMALL[*]}" > "$RUNS/overrides_$name.txt"
-    setsid nohup python benchmarks/train_bench.py --config "configs/$name.yaml" --data-dir "$data" \
-      --out "$RUNS/train_$name.jsonl" rule.cuda_graph=$GRAPH "${SMALL[@]}" train.name="$name" train.out_dir="$RUNS" \
-      > "$RUNS/log_$name.txt" 2>&1 < /dev/null &
-    echo $! > "$RUNS/pid_$name"
-  done ;;
-wait)
-  RUNS=$1; END=$((SECONDS + $2))
-  while [ $SECONDS -lt $END ]; do
-    alive=0
-    for name in $RUNNAMES; do kill -0 "$(cat "$RUNS/pid_$name")" 2>/dev/null && alive=1; done
-    [ $alive = 0 ] && break
-    sleep 15
+  L=benchmarks/detached.sh
+  $L launch "$RUNS" tssl_mnist_cnn configs/tssl_mnist_cnn.yaml "$SRC/mnist" rule.cuda_graph=$GRAPH "${SMALL[@]}"
+  for n in tssl_fmnist_cnn tssl_fmnist_mlp; do
+    $L launch "$RUNS" $n configs/$n.yaml "$SRC/fashion-mnist" rule.cuda_graph=$GRAPH "${SMALL[@]}"
   done
-  for name in $RUNNAMES; do echo "$name: $(tail -n 1 "$RUNS/$name/metrics.jsonl" 2>/dev/null | cut -c1-220)"; done ;;
-finish)
-  RUNS=$1; OUT=$(realpath -m "$2"); mkdir -p "$OUT"
-  for name in $RUNNAMES; do
-    read -r -a OV < "$RUNS/overrides_$name.txt"
-    if kill -0 "$(cat "$RUNS/pid_$name")" 2>/dev/null; then
-      kill "$(cat "$RUNS/pid_$name")"; sleep 3
-      [ -f "$RUNS/$name/metrics.jsonl" ] && python benchmarks/train_bench.py --record "$RUNS/$name" \
-        --config "configs/$name.yaml" --out "$OUT/train.jsonl" "${OV[@]}"
-    elif [ -f "$RUNS/train_$name.jsonl" ]; then
-      cat "$RUNS/train_$name.jsonl" >> "$OUT/train.jsonl"
-    fi
-  done
-  cp "$RUNS/tssl_speed.jsonl" "$OUT/"
-  (cd "$RUNS" && tar czf "$OUT/tssl_runs.tgz" log_*.txt graph.txt $(ls */metrics.jsonl 2>/dev/null)) ;;
+  $L launch "$RUNS" tssl_cifar10_cnn configs/tssl_cifar10_cnn.yaml "$CIFAR" rule.cuda_graph=$GRAPH "${SMALL[@]}" ;;
+wait) benchmarks/detached.sh wait "$@" ;;
+finish) benchmarks/detached.sh finish "$@" && cp "$1/tssl_speed.jsonl" "$2/" ;;
 *) echo "unknown command $cmd" >&2; exit 2 ;;
 esac

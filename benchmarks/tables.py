@@ -179,6 +179,42 @@ def tssl_speed_table() -> str:
             f"weight clamp; {r['device']}, torch {r['torch']}, commit {r['commit']}.\n")
 
 
+#: the original IDE code on one H100 (issue #8): train img/s, peak MiB; and the bar for the fast path
+IDE_ORIGINAL = {("f400", 5): (5121, 101, 51000), ("f64c5", 30): (722, 592, 7200), ("alexnet_f", 30): (421, 1444, 4200),
+                ("cifarnet_f", 30): (305, 2424, 1800), ("alexnet_f", 100): (400, 1446, 2400)}
+
+
+def ide_speed_table() -> str:
+    rows = [r for r in _newest_commit(_lines("ide_speed.jsonl")) if not r.get("smoke")]
+    if not rows:
+        return ("_No results in benchmarks/results/ide_speed.jsonl yet (GPU figures not measured; "
+                "`python benchmarks/ide_speed.py` on a GPU measures them)._\n")
+    out = ["| model | T | original code img/s (MiB) | bar img/s | reference path img/s (MiB) | fast path img/s (MiB), "
+           "best variant | x reference path | x original | eval img/s ref / fast | solver iters |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for cfg in dict.fromkeys(r["config"] for r in rows):
+        rs = [r for r in rows if r["config"] == cfg and "train_images_per_s" in r]
+        ref = next((r for r in rs if r["variant"] == "reference"), None)
+        fast = [r for r in rs if r["variant"] != "reference" and not r.get("graph_failed")]
+        if ref is None or not fast:
+            continue
+        best = max(fast, key=lambda r: r["train_images_per_s"])
+        orig = IDE_ORIGINAL.get((ref["model"], ref["T"]))
+        mem = lambda r: "-" if r.get("peak_memory_mib") is None else f"{r['peak_memory_mib']:,.0f}"  # noqa: E731
+        o = "-" if orig is None else f"{orig[0]:,} ({orig[1]:,})"
+        bar = "-" if orig is None else f"{orig[2]:,}"
+        xo = "-" if orig is None else f"{best['train_images_per_s'] / orig[0]:.1f}x"
+        out.append(f"| {ref['model']} ({ref['neuron']}) | {ref['T']} | {o} | {bar} | {ref['train_images_per_s']:,.0f} ({mem(ref)}) "
+                   f"| {best['train_images_per_s']:,.0f} ({mem(best)}), `{best['variant']}` "
+                   f"| {best['train_images_per_s'] / ref['train_images_per_s']:.2f}x | {xo} "
+                   f"| {ref['eval_images_per_s']:,.0f} / {best['eval_images_per_s']:,.0f} "
+                   f"| {ref.get('solver_iters_mean') or 0:.0f} / {best.get('solver_iters_mean') or 0:.0f} |")
+    r = rows[0]
+    variants = ", ".join(f"`{v}`" for v in dict.fromkeys(r["variant"] for r in rows))
+    return ("\n".join(out) + f"\n\nBatch {r['batch']}, random input at initialisation, one step = rule.step + SGD; "
+            f"variants measured: {variants}; {r['device']}, torch {r['torch']}, commit {r['commit']}.\n")
+
+
 def results_markdown() -> str:
     return ("**Training runs** (`benchmarks/results/train.jsonl`, from `benchmarks/train_bench.py`)\n\n"
             + train_table() + "\n**Ablation: spectral norm of the F64C5 feedback convolution** "
@@ -195,6 +231,8 @@ def results_markdown() -> str:
             "from `benchmarks/run_methods_gpu.sh`: step times measured one rule after the other on an idle GPU, "
             "the training runs concurrently, one schedule for all: SGD 0.1, momentum 0.9, wd 5e-4, cosine, "
             "batch 128, the epochs shown)\n\n" + alignment_table()
+            + "\n**IDE speed: the fast path against the reference path and the original code** "
+            "(`benchmarks/results/ide_speed.jsonl`, from `benchmarks/ide_speed.py`)\n\n" + ide_speed_table()
             + "\n**TSSL-BP against BPTT on the same networks: training images/s** (`benchmarks/results/tssl_speed.jsonl`, "
             "from `benchmarks/tssl_speed.py`)\n\n" + tssl_speed_table()
             + "\n**Predictive coding: time per training step on the 5-block MNIST CNN** (`benchmarks/results/pc_speed.jsonl`, "

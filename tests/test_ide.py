@@ -109,7 +109,7 @@ def test_implicit_gradient_equals_unrolled_fixed_point_iteration(kind, monkeypat
     F.cross_entropy(m.readout(a), y).backward()
     unrolled = [p.grad.clone() for p in m.parameters()]
     # the rule, with the simulation replaced by the exact equilibrium
-    monkeypatch.setattr(m, "simulate", lambda st_, T=None: (_exact_fixed_point(m, st_), m_rec()))
+    monkeypatch.setattr(m, "simulate", lambda st_, T=None, fast=None: (_exact_fixed_point(m, st_), m_rec()))
     grads, _ = _rule_grads(m, x, y)
     assert _rel(grads, unrolled) < 1e-6
 
@@ -190,7 +190,7 @@ def test_simulation_follows_the_ide_neuron_equations(kind, neuron):
 
 @pytest.mark.parametrize("kind", ["fc", "conv"])
 def test_spike_record_counts_spikes_and_synaptic_operations(kind, monkeypatch):
-    import bioprop.models.feedback as fbmod
+    import bioprop.neurons.lif as fbmod  # the reference population steps with lif_step
     from bioprop.metrics import synaptic_operations
 
     m, x = _tiny(kind)

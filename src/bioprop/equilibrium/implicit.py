@@ -33,7 +33,7 @@ def jacobian_vjp(f_out: torch.Tensor, a_in: torch.Tensor) -> Callable[[torch.Ten
 
 def adjoint_solve(vjp: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, solver: str = "broyden",
                   max_iter: int = 30, tol: float = 1e-4, strict: bool = False, warn: bool = True,
-                  memory: Optional[int] = None) -> SolverResult:
+                  memory: Optional[int] = None, batched: bool = True) -> SolverResult:
     """Solve ``(I - J^T) g = b``, i.e. ``g = J^T g + b``, from ``g0 = b``; residuals relative to ``||b||``.
 
     Autocast is switched off for the solve: a backward pass run inside an autocast region would
@@ -42,7 +42,7 @@ def adjoint_solve(vjp: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, 
     with torch.enable_grad(), torch.autocast(b.device.type, enabled=False):
         return solve(lambda g: vjp(g) + b, b.clone(), solver=solver, max_iter=max_iter, tol=tol,
                      strict=strict, warn=warn, what="adjoint system (I - J^T) g = dL/da", scale=b,
-                     memory=memory)
+                     memory=memory, batched=batched)
 
 
 class _Implicit(torch.autograd.Function):
@@ -62,7 +62,7 @@ class _Implicit(torch.autograd.Function):
 def implicit(z: torch.Tensor, a_star: torch.Tensor, vjp: Callable[[torch.Tensor], torch.Tensor],
              solver: str = "broyden", max_iter: int = 30, tol: float = 1e-4, strict: bool = False,
              warn: bool = True, log: Optional[List[SolverResult]] = None,
-             memory: Optional[int] = None) -> torch.Tensor:
+             memory: Optional[int] = None, batched: bool = True) -> torch.Tensor:
     """Value ``a_star``; gradient: solve ``(I - J^T) g = dL/da*`` with ``vjp`` and back-propagate
     ``g`` through ``z = f(a_star; theta)``. Each solve's :class:`SolverResult` is appended to ``log``.
 
@@ -70,5 +70,6 @@ def implicit(z: torch.Tensor, a_star: torch.Tensor, vjp: Callable[[torch.Tensor]
     ``a_star`` with the parameters held constant, so that the solve sees ``J = df/da`` only."""
     if z.shape != a_star.shape:
         raise ValueError(f"implicit: z {tuple(z.shape)} and a* {tuple(a_star.shape)} differ in shape")
-    options = dict(solver=solver, max_iter=max_iter, tol=tol, strict=strict, warn=warn, memory=memory)
+    options = dict(solver=solver, max_iter=max_iter, tol=tol, strict=strict, warn=warn, memory=memory,
+                   batched=batched)
     return _Implicit.apply(z, a_star, vjp, options, log)

@@ -153,17 +153,85 @@ def anderson(h: Fn, x0: torch.Tensor, max_iter: int = 30, tol: float = 1e-4, m: 
     return _result(tr, x0, iters, tol, "anderson")
 
 
+class _ListHistory:
+    """Broyden's rank-one updates as Python lists: ``H z = -z + sum_i u_i (v_i^T z)`` term by term
+    (the plain reference; about 3 kernels per stored update and product)."""
+
+    def __init__(self, x: torch.Tensor, memory: int):
+        self.us: List[torch.Tensor] = []
+        self.vts: List[torch.Tensor] = []
+
+    def __len__(self) -> int:
+        return len(self.us)
+
+    def clear(self) -> None:
+        self.us.clear()
+        self.vts.clear()
+
+    def append(self, u: torch.Tensor, vt: torch.Tensor) -> None:
+        self.us.append(u)
+        self.vts.append(vt)
+
+    def matvec(self, z: torch.Tensor) -> torch.Tensor:  # H z, per sample
+        out = -z
+        for u, vt in zip(self.us, self.vts):
+            out = out + u * (vt * z).sum(1, keepdim=True)
+        return out
+
+    def rmatvec(self, z: torch.Tensor) -> torch.Tensor:  # z^T H, per sample
+        out = -z
+        for u, vt in zip(self.us, self.vts):
+            out = out + vt * (u * z).sum(1, keepdim=True)
+        return out
+
+
+class _BatchedHistory:
+    """The same updates in preallocated ``[B, memory, n]`` buffers: each product is two batched
+    matrix products, whatever the number of stored updates (the fast path; equal to
+    :class:`_ListHistory` up to the order of summation)."""
+
+    def __init__(self, x: torch.Tensor, memory: int):
+        B, n = x.shape
+        self.U = torch.empty(B, memory, n, dtype=x.dtype, device=x.device)
+        self.VT = torch.empty(B, memory, n, dtype=x.dtype, device=x.device)
+        self.k = 0
+
+    def __len__(self) -> int:
+        return self.k
+
+    def clear(self) -> None:
+        self.k = 0
+
+    def append(self, u: torch.Tensor, vt: torch.Tensor) -> None:
+        self.U[:, self.k] = u
+        self.VT[:, self.k] = vt
+        self.k += 1
+
+    def _apply(self, left: torch.Tensor, right: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        if self.k == 0:
+            return -z
+        coef = torch.bmm(right[:, :self.k], z.unsqueeze(2))                        # [B, k, 1]
+        return torch.baddbmm(-z.unsqueeze(2), left[:, :self.k].transpose(1, 2), coef).squeeze(2)
+
+    def matvec(self, z: torch.Tensor) -> torch.Tensor:
+        return self._apply(self.U, self.VT, z)
+
+    def rmatvec(self, z: torch.Tensor) -> torch.Tensor:
+        return self._apply(self.VT, self.U, z)
+
+
 @torch.no_grad()
 def broyden(h: Fn, x0: torch.Tensor, max_iter: int = 30, tol: float = 1e-4, memory: int = 30,
-            scale: Optional[torch.Tensor] = None) -> SolverResult:
+            scale: Optional[torch.Tensor] = None, batched: bool = True) -> SolverResult:
     """Limited-memory good Broyden on ``G(x) = h(x) - x`` (per sample).
 
     The inverse Jacobian estimate is ``H = -I + sum_i u_i v_i^T``; each step ``x <- x - H G(x)``
     and the rank-one update ``H += (dx - H dG) (dx^T H) / (dx^T H dG)``. At most ``memory``
-    updates are kept; when the history is full it restarts from ``H = -I``.
+    updates are kept; when the history is full it restarts from ``H = -I``. ``batched``: keep the
+    updates in preallocated buffers and apply them with batched matrix products (default);
+    ``False``: the plain term-by-term loop (the reference path, tested equal).
     """
     shape = x0.shape
-    B = shape[0]
 
     def G(x: torch.Tensor) -> torch.Tensor:
         return _flat(h(x.reshape(shape))) - x
@@ -173,22 +241,8 @@ def broyden(h: Fn, x0: torch.Tensor, max_iter: int = 30, tol: float = 1e-4, memo
     tr = _Tracker(gx + x if scale is None else scale)  # default: h(x0)
     res = tr.update(x.reshape(shape), gx)
     iters = 1
-    Us: List[torch.Tensor] = []
-    VTs: List[torch.Tensor] = []
-
-    def matvec(z: torch.Tensor) -> torch.Tensor:  # H z, per sample
-        out = -z
-        for u, vt in zip(Us, VTs):
-            out = out + u * (vt * z).sum(1, keepdim=True)
-        return out
-
-    def rmatvec(z: torch.Tensor) -> torch.Tensor:  # z^T H, per sample
-        out = -z
-        for u, vt in zip(Us, VTs):
-            out = out + vt * (u * z).sum(1, keepdim=True)
-        return out
-
-    update = -matvec(gx)
+    hist = (_BatchedHistory if batched else _ListHistory)(x, min(memory, max(1, max_iter)))
+    update = -hist.matvec(gx)
     while iters < max_iter and res > tol and math.isfinite(res):
         dx = update
         x = x + dx
@@ -197,16 +251,14 @@ def broyden(h: Fn, x0: torch.Tensor, max_iter: int = 30, tol: float = 1e-4, memo
         res = tr.update(x.reshape(shape), gx_new)
         dg = gx_new - gx
         gx = gx_new
-        if len(Us) >= memory:  # history full: restart from H = -I (dropping only the oldest
-            Us.clear()         # update instead can stall the iteration)
-            VTs.clear()
-        vt = rmatvec(dx)
+        if len(hist) >= memory:  # history full: restart from H = -I (dropping only the oldest
+            hist.clear()         # update instead can stall the iteration)
+        vt = hist.rmatvec(dx)
         den = (vt * dg).sum(1, keepdim=True)
         ok = den.abs() > 1e-30
-        u = torch.where(ok, (dx - matvec(dg)) / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(dx))
-        Us.append(u)
-        VTs.append(vt)
-        update = -matvec(gx)
+        u = torch.where(ok, (dx - hist.matvec(dg)) / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(dx))
+        hist.append(u, vt)
+        update = -hist.matvec(gx)
     return _result(tr, x0, iters, tol, "broyden")
 
 
@@ -215,17 +267,18 @@ SOLVERS = {"broyden": broyden, "anderson": anderson, "fixed_point": fixed_point}
 
 def solve(h: Fn, x0: torch.Tensor, solver: str = "broyden", max_iter: int = 30, tol: float = 1e-4,
           strict: bool = False, warn: bool = True, what: str = "fixed point",
-          scale: Optional[torch.Tensor] = None, memory: Optional[int] = None) -> SolverResult:
+          scale: Optional[torch.Tensor] = None, memory: Optional[int] = None, batched: bool = True) -> SolverResult:
     """Run ``solver`` on ``x = h(x)``; if it misses ``tol``, raise :class:`SolverError` when
     ``strict`` else (when ``warn``) issue a :class:`SolverWarning` naming the residual.
 
     ``memory``: the history length of Broyden (rank-one updates kept) or Anderson (``m``);
-    ignored by plain iteration; ``None`` keeps each solver's default (Broyden 30, Anderson 5)."""
+    ignored by plain iteration; ``None`` keeps each solver's default (Broyden 30, Anderson 5).
+    ``batched``: Broyden's history in batched buffers (``False``: the plain reference loop)."""
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {sorted(SOLVERS)}")
     if max_iter < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
-    opts = {}
+    opts = {"batched": bool(batched)} if solver == "broyden" else {}
     if memory is not None:
         if memory < 1:
             raise ValueError(f"memory must be >= 1, got {memory}")

@@ -38,9 +38,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..neurons import NeuronParams, heaviside, lif_step, rate_init, rate_update, rate_value, spike_fn
+from ..neurons import FusedRatePopulation, NeuronParams, RatePopulation, heaviside, rate_init, rate_update, rate_value, spike_fn
 from ..metrics import synaptic_operations
 from .base import MODELS, Edge, SpikeRecord, check_input, conv_out, neuron_from
+from .fastsim import SimOptions
 from .spectral import SpectralNormOperator
 
 __all__ = ["FeedbackSNN", "FeedbackState", "FeedbackSNNConfig", "F400Config", "F64C5Config"]
@@ -207,39 +208,43 @@ class FeedbackSNN(nn.Module):
         return out * st.mask_s if st.mask_s is not None else out
 
     @torch.no_grad()
-    def simulate(self, st: FeedbackState, time_steps: Optional[int] = None) -> Tuple[torch.Tensor, SpikeRecord]:
+    def simulate(self, st: FeedbackState, time_steps: Optional[int] = None,
+                 fast: Optional[SimOptions] = None) -> Tuple[torch.Tensor, SpikeRecord]:
         """Run the spiking dynamics for T steps; return the (weighted) firing rate and spike record.
 
-        Plain-PyTorch reference path: one :func:`bioprop.neurons.lif_step` per time step.
+        ``fast=None``: the plain-PyTorch reference path (:class:`bioprop.neurons.RatePopulation`);
+        ``fast=SimOptions(...)``: the fast path (in-place neuron updates, optional bf16 synapses
+        and channels-last convolutions; equal to the reference in fp32, see :mod:`.fastsim`).
         """
-        return self._simulate(st, time_steps, heaviside, detach=True)
+        return self._simulate(st, time_steps, heaviside, detach=True, fast=fast)
 
-    def _simulate(self, st: FeedbackState, time_steps: Optional[int], spike, detach: bool):
+    def _simulate(self, st: FeedbackState, time_steps: Optional[int], spike, detach: bool,
+                  fast: Optional[SimOptions] = None):
         T = st.drive_seq.shape[0] if st.drive_seq is not None else (time_steps or self.time_steps)
         drive = st.drive.detach() if detach else st.drive
         dt = torch.promote_types(drive.dtype, torch.float32)  # membrane in fp32 under autocast too
-        u: Optional[torch.Tensor] = None
-        s: Optional[torch.Tensor] = None
-        acc = rate_init(drive.to(dt))
-        smap = torch.zeros(drive.shape[1:], device=drive.device, dtype=dt)  # spikes per neuron (batch sum)
+        if fast is None:
+            pop = RatePopulation(self.neuron, spike)
+            feedback = lambda s: self.feedback_current(s, st, detach=detach)  # noqa: E731
+        else:
+            pop = FusedRatePopulation(self.neuron, fast.spike_dtype())
+            feedback = fast.operator(self.feedback, st.weight.detach(), st.mask_s)
         for t in range(T):
             cur = drive if st.drive_seq is None else st.drive_seq[t]
-            if s is not None:
-                cur = cur + self.feedback_current(s, st, detach=detach)
-            s, u = lif_step(cur.to(dt), u, self.neuron, spike)
-            acc = rate_update(acc, s, self.neuron.leak)
-            smap += s.detach().sum(0)
-        assert s is not None
+            if pop.s is not None:
+                cur = cur + feedback(pop.s)
+            pop.step(cur.to(dt))
+        smap = pop.spike_map()
         rec = SpikeRecord(time_steps=T, batch=drive.shape[0])
         rec.spikes["lif1"] = smap.sum()
         rec.neurons["lif1"] = int(drive[0].numel())
         # synaptic events: the spikes of steps 0..T-2 reach the next step through W; the readout
         # integrates every spike; a spike input drives the encoder
-        rec.synops["feedback"] = self.feedback.synops((smap - s.detach().sum(0))[None])
+        rec.synops["feedback"] = self.feedback.synops((smap - pop.s.detach().sum(0).to(smap.dtype))[None])
         rec.synops["classifier"] = smap.sum() * self.classifier.out_features
         if st.input_synops is not None:
             rec.synops["encoder"] = st.input_synops
-        return rate_value(acc), rec
+        return pop.rate(), rec
 
     def run(self, x: torch.Tensor) -> Tuple[torch.Tensor, SpikeRecord]:
         """Differentiable simulation for BPTT: surrogate spikes (``surrogate``), autograd through
@@ -422,41 +427,47 @@ class MultiLayerFeedbackSNN(nn.Module):
         return self.feedback(s, st.weight.detach() if detach else st.weight)
 
     @torch.no_grad()
-    def simulate(self, st, time_steps: Optional[int] = None):
-        return self._simulate(st, time_steps, heaviside, detach=True)
+    def simulate(self, st, time_steps: Optional[int] = None, fast: Optional[SimOptions] = None):
+        """The T-step dynamics (``fast``: see :meth:`FeedbackSNN.simulate`)."""
+        return self._simulate(st, time_steps, heaviside, detach=True, fast=fast)
 
-    def _simulate(self, st, time_steps: Optional[int], spike, detach: bool):
+    def _simulate(self, st, time_steps: Optional[int], spike, detach: bool, fast: Optional[SimOptions] = None):
         T = st.drive_seq.shape[0] if st.drive_seq is not None else (time_steps or self.time_steps)
         drive = st.drive.detach() if detach else st.drive
         dt = torch.promote_types(drive.dtype, torch.float32)  # membrane in fp32 under autocast too
-        us: List[Optional[torch.Tensor]] = [None] * 5
-        accs = [None] * 5
-        s_last: Optional[torch.Tensor] = None
-        smaps = [torch.zeros(sh, device=drive.device, dtype=dt) for sh in self.shapes]  # batch-summed spikes
+        masks = getattr(st, "masks", None)
+        if fast is None:
+            pops = [RatePopulation(self.neuron, spike) for _ in range(5)]
+            feedback = lambda s: self._feedback(s, st, detach)  # noqa: E731
+            layers = [lambda s, i=i: self._layer(i, s, st, detach) for i in range(4)]
+        else:
+            pops = [FusedRatePopulation(self.neuron, fast.spike_dtype()) for _ in range(5)]
+            feedback = fast.operator(self.feedback, st.weight.detach(), None)
+            layers = [fast.conv_bn(conv, bn, masks[f"l{i + 1}"] if masks is not None else None,
+                                   reference=lambda s, i=i: self._layer(i, s, st, True))
+                      for i, (conv, bn) in enumerate(zip(self.convs, self.bns))]
         for t in range(T):
             cur = drive if st.drive_seq is None else st.drive_seq[t]
-            if s_last is not None:
-                cur = cur + self._feedback(s_last, st, detach)
+            if pops[4].s is not None:
+                cur = cur + feedback(pops[4].s)
             for l in range(5):
                 if l > 0:
-                    cur = self._layer(l - 1, s, st, detach)
-                s, us[l] = lif_step(cur.to(dt), us[l], self.neuron, spike)
-                accs[l] = rate_update(accs[l] if accs[l] is not None else rate_init(s), s, self.neuron.leak)
-                smaps[l] += s.detach().sum(0)
-            s_last = s
+                    cur = layers[l - 1](pops[l - 1].s)
+                pops[l].step(cur.to(dt))
+        smaps = [p.spike_map() for p in pops]
         rec = SpikeRecord(time_steps=T, batch=drive.shape[0])
         for l in range(5):
             rec.spikes[f"lif{l + 1}"] = smaps[l].sum()
             rec.neurons[f"lif{l + 1}"] = int(math.prod(self.shapes[l]))
             if l < 4:  # synaptic events of layer l's spikes into layer l+1 (same step)
                 rec.synops[f"convs.{l}"] = synaptic_operations(self.convs[l], smaps[l][None])
-        assert s_last is not None
-        rec.synops["feedback"] = self.feedback.synops((smaps[4] - s_last.detach().sum(0))[None])
+        s_last = pops[4].s
+        rec.synops["feedback"] = self.feedback.synops((smaps[4] - s_last.detach().sum(0).to(smaps[4].dtype))[None])
         rec.synops["classifier"] = smaps[4].sum() * self.classifier.out_features
         if getattr(st, "input_synops", None) is not None:
             rec.synops["encoder"] = st.input_synops
-        st.rates = [rate_value(a).detach() for a in accs]  # type: ignore[attr-defined]
-        return rate_value(accs[-1]), rec
+        st.rates = [p.rate().detach() for p in pops]  # type: ignore[attr-defined]
+        return pops[4].rate(), rec
 
     def run(self, x: torch.Tensor) -> Tuple[torch.Tensor, SpikeRecord]:
         """Differentiable simulation for BPTT (surrogate spikes, autograd through all T steps),

@@ -2,7 +2,9 @@
 and (weighted) firing-rate accumulators. Uses nothing else of bioprop."""
 
 from .lif import (
+    FusedRatePopulation,
     NeuronParams,
+    RatePopulation,
     RateState,
     if_step,
     lif_multistep,
@@ -14,7 +16,9 @@ from .lif import (
 from .surrogate import SURROGATES, heaviside, relaxed, spike_fn, surrogate_derivative
 
 __all__ = [
+    "FusedRatePopulation",
     "NeuronParams",
+    "RatePopulation",
     "RateState",
     "if_step",
     "lif_step",

@@ -30,6 +30,8 @@ __all__ = [
     "rate_init",
     "rate_update",
     "rate_value",
+    "RatePopulation",
+    "FusedRatePopulation",
 ]
 
 SpikeFn = Callable[[torch.Tensor], torch.Tensor]
@@ -130,3 +132,93 @@ def rate_value(acc: RateState) -> torch.Tensor:
     if acc.norm == 0:
         raise ValueError("no time step accumulated")
     return acc.total / acc.norm
+
+
+class RatePopulation:
+    """A population simulated step by step, keeping what rate-based training needs: the membrane,
+    the (leak-weighted) rate accumulator and the spike count per neuron summed over the batch.
+
+    The plain reference: :func:`lif_step` and :func:`rate_update` out of place (differentiable
+    with a surrogate ``spike``), the batch sum of the spikes taken at every step.
+    """
+
+    def __init__(self, params: NeuronParams, spike: SpikeFn = heaviside):
+        self.params = params
+        self.spike = spike
+        self.v: Optional[torch.Tensor] = None
+        self.acc: Optional[RateState] = None
+        self.smap: Optional[torch.Tensor] = None
+        self.s: Optional[torch.Tensor] = None
+
+    def step(self, current: torch.Tensor) -> torch.Tensor:
+        s, self.v = lif_step(current, self.v, self.params, self.spike)
+        self.acc = rate_update(self.acc if self.acc is not None else rate_init(s), s, self.params.leak)
+        counts = s.detach().sum(0)
+        self.smap = counts if self.smap is None else self.smap + counts
+        self.s = s
+        return s
+
+    def rate(self) -> torch.Tensor:
+        """The (weighted) average firing rate ``[B, ...]``."""
+        assert self.acc is not None, "no time step simulated"
+        return rate_value(self.acc)
+
+    def spike_map(self) -> torch.Tensor:
+        """Spikes per neuron over all steps, summed over the batch (``[...]``)."""
+        assert self.smap is not None, "no time step simulated"
+        return self.smap
+
+
+class FusedRatePopulation(RatePopulation):
+    """The same dynamics with the state updated in place (no autograd; the fast path).
+
+    Per step: ``v <- leak v + I`` (two in-place ops, or one for IF), ``s = [v >= theta]``, reset
+    in place, ``total <- leak total + s`` and a per-sample spike count ``+= s``, summed over the
+    batch once at the end: about half the kernels of :class:`RatePopulation` and no allocation
+    but the spikes. Every operation rounds as the reference's does (``H(v - theta) = [v >= theta]``
+    in IEEE arithmetic; ``theta s`` is exact), so spikes and rates are bitwise equal to it.
+    ``spike_dtype``: the dtype of the returned spikes (e.g. bf16 for low-precision synapses;
+    0 and 1 are exact in any format); the state stays in the current's dtype (at least fp32).
+    """
+
+    def __init__(self, params: NeuronParams, spike_dtype: Optional[torch.dtype] = None):
+        super().__init__(params, heaviside)
+        self.spike_dtype = spike_dtype
+        self.total: Optional[torch.Tensor] = None
+        self.norm = 0.0
+        self.count: Optional[torch.Tensor] = None
+
+    @torch.no_grad()
+    def step(self, current: torch.Tensor) -> torch.Tensor:
+        p = self.params
+        if self.v is None:
+            self.v = current.to(torch.promote_types(current.dtype, torch.float32), copy=True)
+        else:
+            if p.leak != 1.0:
+                self.v.mul_(p.leak)
+            self.v.add_(current)
+        v = self.v
+        s = v.ge(p.threshold).to(self.spike_dtype or v.dtype)
+        if p.reset == "subtract":
+            v.sub_(s, alpha=p.threshold)
+        else:
+            v.mul_(1 - s)
+        if self.total is None:
+            self.total = s.to(v.dtype, copy=True)
+            self.count = s.to(v.dtype, copy=True)
+        else:
+            if p.leak != 1.0:
+                self.total.mul_(p.leak)
+            self.total.add_(s)
+            self.count.add_(s)
+        self.norm = p.leak * self.norm + 1.0
+        self.s = s
+        return s
+
+    def rate(self) -> torch.Tensor:
+        assert self.total is not None, "no time step simulated"
+        return self.total / self.norm
+
+    def spike_map(self) -> torch.Tensor:
+        assert self.count is not None, "no time step simulated"
+        return self.count.sum(0)

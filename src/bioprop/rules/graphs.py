@@ -24,39 +24,41 @@ __all__ = ["GraphedStep"]
 
 
 class GraphedStep:
-    """Capture ``fn(x, y)`` once per (shape, dtype) of the batch as a CUDA graph and replay it."""
+    """Capture ``fn(*inputs)`` once per (shape, dtype) of its tensor inputs as a CUDA graph and
+    replay it (``inputs``: the batch ``x, y`` of a training step, or any tensors)."""
 
-    def __init__(self, fn: Callable[[torch.Tensor, torch.Tensor], Any], model: nn.Module, warmup: int = 3):
+    def __init__(self, fn: Callable[..., Any], model: nn.Module, warmup: int = 3):
         self.fn = fn
         self.model = model
         self.warmup = warmup
         self.graphs: Dict[Tuple, Dict[str, Any]] = {}
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> Any:
-        if x.device.type != "cuda":
+    def __call__(self, *inputs: torch.Tensor) -> Any:
+        if any(t.device.type != "cuda" for t in inputs):
             raise ValueError("GraphedStep needs CUDA tensors")
-        key = (tuple(x.shape), x.dtype, tuple(y.shape), y.dtype, x.device)
+        key = tuple((tuple(t.shape), t.dtype, t.device) for t in inputs)
         if key not in self.graphs:
-            self.graphs[key] = self._capture(x, y)
+            self.graphs[key] = self._capture(inputs)
         g = self.graphs[key]
-        g["x"].copy_(x)
-        g["y"].copy_(y)
+        for static, t in zip(g["inputs"], inputs):
+            static.copy_(t)
         g["graph"].replay()
         return g["out"]
 
-    def _capture(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, Any]:
-        sx, sy = x.detach().clone(), y.detach().clone()
+    def _capture(self, inputs: Tuple[torch.Tensor, ...]) -> Dict[str, Any]:
+        static = [t.detach().clone() for t in inputs]
+        device = static[0].device
         saved = {k: b.detach().clone() for k, b in self.model.named_buffers()}
-        side = torch.cuda.Stream(device=x.device)
-        side.wait_stream(torch.cuda.current_stream(x.device))
+        side = torch.cuda.Stream(device=device)
+        side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):  # warm-up (allocator, cuDNN plans, autograd) off the main stream
             for _ in range(self.warmup):
-                self.fn(sx, sy)
-        torch.cuda.current_stream(x.device).wait_stream(side)
+                self.fn(*static)
+        torch.cuda.current_stream(device).wait_stream(side)
         with torch.no_grad():
             for k, b in self.model.named_buffers():
                 b.copy_(saved[k])
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            out = self.fn(sx, sy)
-        return {"x": sx, "y": sy, "graph": graph, "out": out}
+            out = self.fn(*static)
+        return {"inputs": static, "graph": graph, "out": out}

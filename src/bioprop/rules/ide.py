@@ -44,15 +44,21 @@ The implicit gradient: with ``L(readout(a*))`` and ``a* = f(a*; theta)``,
 
 from __future__ import annotations
 
+import copy
+import inspect
 import warnings
 from dataclasses import dataclass
-from typing import List, Literal, Optional
+from typing import Dict, List, Literal, Optional
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ..equilibrium import SolverResult, SolverWarning, implicit, jacobian_vjp
+from ..models.base import SpikeRecord
+from ..models.fastsim import SimOptions
 from .base import RULES, LossFn, Rule, StepOutput
+from .graphs import GraphedStep
 
 __all__ = ["IDE", "IDEConfig"]
 
@@ -67,7 +73,17 @@ class IDEConfig:
     (``None``: 30 / 5); ``strict``: raise :class:`bioprop.equilibrium.SolverError` instead of
     warning when a solve misses ``tol``; ``time_steps``/``eval_time_steps``: override the model's
     T in training / evaluation; ``warn_every``: after the first unconverged solve, warn again
-    every N-th one (each step's residual is in the stats regardless)."""
+    every N-th one (each step's residual is in the stats regardless).
+
+    Speed (none of these changes the training signal: the map, its Jacobian and the solve stay in
+    fp32): ``fast`` (default) simulates with in-place neuron updates and keeps Broyden's history in
+    batched buffers; ``fast=False`` is the plain-PyTorch reference path, tested equal (same
+    spikes and rates bitwise in fp32, same gradients to rounding). With ``fast``:
+    ``precision='bf16'`` runs the simulation's synaptic operators in bfloat16 (membranes and rates
+    in fp32; inner BatchNorms folded into the convolutions); ``channels_last`` lays the
+    simulation's convolutions out NHWC; ``cuda_graph`` captures the T-step simulation once per
+    input shape as a CUDA graph and replays it (a refused capture warns and falls back). See
+    :mod:`bioprop.models.fastsim`."""
 
     solver: Literal["broyden", "anderson", "fixed_point"] = "broyden"
     max_iter: int = 30
@@ -77,6 +93,10 @@ class IDEConfig:
     time_steps: Optional[int] = None
     eval_time_steps: Optional[int] = None
     warn_every: int = 100
+    fast: bool = True
+    precision: Literal["fp32", "bf16"] = "fp32"
+    channels_last: bool = False
+    cuda_graph: bool = False
 
 
 class IDE(Rule):
@@ -95,8 +115,13 @@ class IDE(Rule):
             v = getattr(config, k)
             if v is not None and v < 1:
                 raise ValueError(f"ide: {k} must be >= 1 (or None for the model's own), got {v}")
+        if not config.fast and (config.precision != "fp32" or config.channels_last or config.cuda_graph):
+            raise ValueError("ide: precision, channels_last and cuda_graph are options of the fast path; "
+                             "set rule.fast=true (or leave them at fp32 / false)")
         self.unconverged = 0
         self.solves = 0
+        self._graphs: Dict[tuple, GraphedStep] = {}
+        self._graph_failed = False
 
     def prepare(self, model: nn.Module) -> nn.Module:
         model = super().prepare(model)
@@ -104,7 +129,51 @@ class IDE(Rule):
         if missing:
             raise TypeError(f"rule 'ide' needs a feedback SNN that declares {', '.join(_INTERFACE)}; "
                             f"{type(model).__name__} lacks {', '.join(missing)} (use e.g. f400 or f64c5)")
+        if self.config.fast and "fast" not in inspect.signature(model.simulate).parameters:
+            warnings.warn(f"ide: {type(model).__name__}.simulate has no fast path (a 'fast' argument, see "
+                          "bioprop.models.fastsim): its own simulation is used", RuntimeWarning, stacklevel=2)
         return model
+
+    def simulate(self, model: nn.Module, st, time_steps: Optional[int]):
+        """The T-step simulation (no autograd) on the configured path."""
+        c = self.config
+        if not c.fast or "fast" not in inspect.signature(model.simulate).parameters:
+            return model.simulate(st, time_steps)
+        opts = SimOptions(c.precision, c.channels_last)
+        if c.cuda_graph and st.drive.is_cuda and not self._graph_failed:
+            try:
+                return self._graphed_simulate(model, st, time_steps, opts)
+            except RuntimeError as e:  # capture refused: simulate eagerly from now on
+                warnings.warn(f"ide: CUDA-graph capture of the simulation failed ({e}); simulating eagerly "
+                              "(set rule.cuda_graph=false to skip the attempt)", RuntimeWarning, stacklevel=3)
+                self._graph_failed = True
+        return model.simulate(st, time_steps, fast=opts)
+
+    def _graphed_simulate(self, model: nn.Module, st, time_steps: Optional[int], opts: SimOptions):
+        """Replay the simulation as a CUDA graph: the state's tensors (drive, feedback weight,
+        masks, ...) are the graph's inputs, the model's parameters and buffers are read in place."""
+        fields = {k: v for k, v in vars(st).items() if k != "rates"}
+        leaves, spec = tree_flatten(fields)
+        where = [i for i, v in enumerate(leaves) if isinstance(v, torch.Tensor)]
+        key = (id(model), time_steps, model.training, str(spec), opts)
+        if key not in self._graphs:
+            def run(*tensors: torch.Tensor):
+                vals = list(leaves)
+                for i, t in zip(where, tensors):
+                    vals[i] = t
+                st2 = copy.copy(st)
+                for k, v in tree_unflatten(vals, spec).items():
+                    setattr(st2, k, v)
+                a, rec = model.simulate(st2, time_steps, fast=opts)
+                return a, rec, getattr(st2, "rates", None)
+
+            self._graphs[key] = GraphedStep(run, model)
+        a, rec, rates = self._graphs[key](*[leaves[i].detach() for i in where])
+        out = SpikeRecord({k: v.clone() for k, v in rec.spikes.items()}, dict(rec.neurons),
+                          {k: v.clone() for k, v in rec.synops.items()}, rec.time_steps, rec.batch)
+        if rates is not None:
+            st.rates = [r.clone() for r in rates]
+        return a.clone(), out
 
     def _report(self, r: SolverResult) -> None:
         self.solves += 1
@@ -125,7 +194,7 @@ class IDE(Rule):
         masks = model.sample_masks(x.shape[-len(model.in_shape) - 1], self.generator)
         st = model.begin(x, masks)
         with torch.no_grad():
-            a, rec = model.simulate(st, c.time_steps)
+            a, rec = self.simulate(model, st, c.time_steps)
         # Jacobian graph (parameters constant) in at least fp32 with autocast off, so that the
         # adjoint solve can reach its tolerance under bf16/fp16 autocast too
         a0 = a.detach().to(torch.promote_types(a.dtype, torch.float32)).requires_grad_(True)
@@ -134,7 +203,7 @@ class IDE(Rule):
         z = model.equilibrium_map(a, st)                      # gradient path into the parameters
         log: List[SolverResult] = []
         a_out = implicit(z, a, jacobian_vjp(fa, a0), solver=c.solver, max_iter=c.max_iter, tol=c.tol,
-                         strict=c.strict, warn=False, log=log, memory=c.memory)
+                         strict=c.strict, warn=False, log=log, memory=c.memory, batched=c.fast)
         logits = model.readout(a_out)
         loss = loss_fn(logits, y)
         self.backward(loss, scaler)
@@ -155,7 +224,7 @@ class IDE(Rule):
 
     @torch.no_grad()
     def predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        a, _ = model.simulate(model.begin(x), self.config.eval_time_steps)
+        a, _ = self.simulate(model, model.begin(x), self.config.eval_time_steps)
         return model.readout(a)
 
     def state_dict(self):

@@ -72,7 +72,8 @@ class TSSLConfig:
     """Settings of TSSL-BP (defaults: the reference code's).
 
     ``loss``: ``kernel`` (desired spike train ``desired_train``, tiled to ``T``; the reference code
-    uses ``[0, 1, 1, 1, 1]``, the paper ``[0, 1, 0, 1, 1]``) or ``count`` (``desired_count`` /
+    uses ``[0, 1, 1, 1, 1]``, the paper ``[0, 1, 0, 1, 1]``; for ``T >= 10`` the reference code
+    switches to ``[0, 1] * 5``, which here is ``desired_train: [0, 1]``) or ``count`` (``desired_count`` /
     ``undesired_count`` for the label / other output neurons). ``weight_clamp``: weights clamped
     to ``[-c, c]`` after each step (``None``: no clamp). ``surrogate_width``: ``w`` of the
     quiet-neuron sigmoid surrogate; ``quiet_factor``: a neuron is quiet where its PSP is below
