@@ -45,3 +45,16 @@ def write_lines(path: Path, rows: List[dict]) -> None:
 
 
 __all__ = ["ROOT", "environment", "time_ms", "write_lines"]
+
+
+def parse_model_kw(text: str) -> Dict[str, object]:
+    """``--model-kw 'k=v;k=v'`` -> {k: v} with each value read as YAML (``channels=[8,8]`` -> list)."""
+    import yaml
+
+    out: Dict[str, object] = {}
+    for kv in filter(None, text.split(";")):
+        k, sep, v = kv.partition("=")
+        if not sep:
+            raise SystemExit(f"--model-kw: {kv!r} is not k=v (separate entries with ';')")
+        out[k.strip()] = yaml.safe_load(v)
+    return out

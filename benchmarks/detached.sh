@@ -34,8 +34,11 @@ finish)
     n=${f##*/pid_}; mapfile -t PLAN < "$RUNS/plan_$n.txt"
     if kill -0 "$(cat "$f")" 2>/dev/null; then
       kill "$(cat "$f")"; sleep 3
-      [ -f "$RUNS/$n/metrics.jsonl" ] && python benchmarks/train_bench.py --record "$RUNS/$n" --config "${PLAN[0]}" \
-        --out "$OUT/train.jsonl" "${PLAN[@]:1}"
+      if [ -f "$RUNS/$n/metrics.jsonl" ]; then
+        python benchmarks/train_bench.py --record "$RUNS/$n" --config "${PLAN[0]}" --out "$OUT/train.jsonl" "${PLAN[@]:1}"
+      else
+        echo "$n: stopped before its first epoch ended; nothing recorded (see log_$n.txt)"
+      fi
     elif [ -f "$RUNS/train_$n.jsonl" ]; then
       cat "$RUNS/train_$n.jsonl" >> "$OUT/train.jsonl"
     fi

@@ -19,9 +19,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 
-from common import ROOT, environment, time_ms, write_lines
+from common import ROOT, environment, time_ms, write_lines, parse_model_kw
 
 from bioprop import create_model, create_rule  # noqa: E402
 
@@ -77,10 +76,7 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "tssl_speed.jsonl"))
     a = p.parse_args()
     dev = torch.device(a.device)
-    extra = {}
-    for kv in filter(None, a.model_kw.split(";")):
-        k, v = kv.split("=", 1)
-        extra[k] = yaml.safe_load(v)
+    extra = parse_model_kw(a.model_kw)
     env = environment(dev)
     rows = []
     for name in a.models.split(","):
