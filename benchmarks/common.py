@@ -37,14 +37,15 @@ def time_ms(fn: Callable[[], None], device: torch.device, warmup: int = 5, repea
     return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times), "repeat": repeat}
 
 
-def write_lines(path: Path, rows: List[dict]) -> None:
+def write_lines(path, rows: List[dict]) -> None:
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
 
 
-__all__ = ["ROOT", "environment", "time_ms", "write_lines"]
+__all__ = ["ROOT", "environment", "time_ms", "write_lines", "parse_model_kw"]
 
 
 def parse_model_kw(text: str) -> Dict[str, object]:

@@ -10,7 +10,8 @@ from torch import nn
 
 from bioprop import create_model, create_rule
 from bioprop.metrics import angle_degrees
-from bioprop.rules.alignment import FBConv2d, FBLinear, convert_layers, fb_layers, regularizer, regularizer_grad
+from bioprop.rules.alignment import (FBConv2d, FBLinear, convert_layers, fb_layers, regularizer, regularizer_curvature,
+                                     regularizer_grad)
 
 
 def _net():
@@ -87,6 +88,40 @@ def _whitened(n=6):
     """n samples of dimension n with x^T x / n = I exactly (the noise's second moment, sigma = 1)."""
     q, _ = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64))
     return q * math.sqrt(n)
+
+
+def test_regulariser_curvature_is_the_largest_eigenvalue_of_the_b_hessian():
+    """sa, wm: 2 alpha; aa on a Linear layer: 2 alpha lambda_max(E[x x^T]) (positive, correlated
+    inputs as after a ReLU, so it scales with the activations); conv aa: the dense Hessian of
+    the autograd regulariser over B's entries. B itself is left unchanged."""
+    torch.manual_seed(0)
+    seq = nn.Sequential(nn.Linear(6, 4).double(), nn.Conv2d(2, 3, 3, padding=1).double())
+    convert_layers(seq, torch.Generator().manual_seed(1))
+    lin, conv = seq[0], seq[1]
+    x = torch.rand(50, 6, dtype=torch.float64) + 0.5
+    before = lin.weight_b.detach().clone()
+    a, b = 1e-3, 2e-3
+    for rule in ("sa", "wm"):
+        assert regularizer_curvature(rule, lin, x, a, b, 0.0) == pytest.approx(2 * a, rel=1e-9)
+    lam = torch.linalg.eigvalsh(x.T @ x / x.shape[0]).max().item()
+    assert regularizer_curvature("aa", lin, x, a, b, 0.0, iters=200) == pytest.approx(2 * a * lam, rel=1e-6)
+    assert regularizer_curvature("aa", lin, 3 * x, a, b, 0.0, iters=200) == pytest.approx(18 * a * lam, rel=1e-6)
+    assert torch.equal(lin.weight_b.detach(), before)
+    xc = torch.rand(4, 2, 5, 5, dtype=torch.float64)
+    saved, n = conv.weight_b.detach().clone(), conv.weight_b.numel()
+
+    def autograd_grad_at(v):  # dR/dB by autograd of the plain regulariser, at B = v
+        with torch.no_grad():
+            conv.weight_b.copy_(v.reshape(saved.shape))
+        (g,) = torch.autograd.grad(regularizer("aa", conv, xc, a, b, 0.0, True), conv.weight_b)
+        return g.reshape(-1)
+
+    g0 = autograd_grad_at(torch.zeros(n, dtype=torch.float64))
+    H = torch.stack([autograd_grad_at(e) - g0 for e in torch.eye(n, dtype=torch.float64)], 1)
+    with torch.no_grad():
+        conv.weight_b.copy_(saved)
+    dense = torch.linalg.eigvalsh((H + H.T) / 2).abs().max().item()
+    assert regularizer_curvature("aa", conv, xc, a, b, 0.0, iters=300) == pytest.approx(dense, rel=1e-5)
 
 
 def test_sa_fixed_point():

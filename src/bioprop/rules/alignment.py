@@ -273,6 +273,36 @@ def regularizer_grad(rule: str, layer: nn.Module, x: Optional[torch.Tensor], alp
     raise ValueError(f"no regulariser for rule {rule!r}")
 
 
+@torch.no_grad()
+def regularizer_curvature(rule: str, layer: nn.Module, x: Optional[torch.Tensor], alpha: float, beta: float,
+                          gamma: float, position_mean: bool = True, iters: int = 20) -> float:
+    """Largest eigenvalue of the Hessian of the regulariser with respect to B, by power iteration.
+
+    R is quadratic in B, so ``H V = dR/dB(V) - dR/dB(0)`` (W and the inputs ``x`` held). ``sa``
+    and ``wm``: ``2 alpha``; ``aa``: ``2 alpha lambda_max(E[p p^T])`` over the layer's input patches
+    ``p``, so it grows with the activations. Under SGD with heavy-ball momentum ``mu`` and learning
+    rate ``lr``, B's own update diverges once ``lr * curvature > 2 (1 + mu)``
+    (``benchmarks/alignment_dynamics.py`` logs that number during training)."""
+    saved = layer.weight_b.detach().clone()
+
+    def grad_at(v: torch.Tensor) -> torch.Tensor:
+        layer.weight_b.copy_(v)
+        return regularizer_grad(rule, layer, x, alpha, beta, gamma, position_mean)
+
+    try:
+        g0 = grad_at(torch.zeros_like(saved))
+        v = torch.randn(saved.shape, generator=torch.Generator().manual_seed(0), dtype=saved.dtype).to(saved.device)
+        lam = 0.0
+        for _ in range(iters):
+            v = v / v.norm().clamp_min(1e-30)
+            hv = grad_at(v) - g0
+            lam = float(hv.norm())
+            v = hv
+    finally:
+        layer.weight_b.copy_(saved)
+    return lam
+
+
 class AlignmentRule(Rule):
     """A layer rule: converts Linear/Conv2d layers, then trains like BP with B in the backward pass."""
 
