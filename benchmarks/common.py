@@ -37,6 +37,22 @@ def time_ms(fn: Callable[[], None], device: torch.device, warmup: int = 5, repea
     return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times), "repeat": repeat}
 
 
+def training_throughput(step: Callable[[], None], device: torch.device, batch: int, warmup: int, repeat: int,
+                        prefix: str = "") -> Dict[str, float]:
+    """Time ``step`` (one training step on a batch of ``batch``) with :func:`time_ms` from a clean
+    peak-memory counter: the timing keys (with ``prefix``), ``train_images_per_s`` and
+    ``peak_memory_mib`` (``torch.cuda.max_memory_allocated``; ``None`` off CUDA). A
+    ``torch.OutOfMemoryError`` propagates to the caller."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    t = time_ms(step, device, warmup=warmup, repeat=repeat)
+    out: Dict[str, float] = {f"{prefix}{k}": v for k, v in t.items()}
+    out["train_images_per_s"] = batch / (t["median_ms"] / 1e3)
+    out["peak_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return out
+
+
 def write_lines(path, rows: List[dict]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -45,7 +61,7 @@ def write_lines(path, rows: List[dict]) -> None:
             f.write(json.dumps(r) + "\n")
 
 
-__all__ = ["ROOT", "environment", "time_ms", "write_lines", "parse_model_kw"]
+__all__ = ["ROOT", "environment", "time_ms", "training_throughput", "write_lines", "parse_model_kw"]
 
 
 def parse_model_kw(text: str) -> Dict[str, object]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common import ROOT, environment, time_ms, write_lines, parse_model_kw
+from common import ROOT, environment, parse_model_kw, training_throughput, write_lines
 
 from bioprop import create_model, create_rule  # noqa: E402
 
@@ -58,13 +58,7 @@ def main() -> None:
             row = {"bench": "ide_memory", "model": a.model, "model_kw": extra, "rule": rule_name, "T": T,
                    "batch": a.batch, **env}
             try:
-                if dev.type == "cuda":
-                    torch.cuda.empty_cache()
-                    torch.cuda.reset_peak_memory_stats(dev)
-                t = time_ms(step, dev, warmup=2, repeat=a.repeat)
-                row.update(t)
-                row["train_images_per_s"] = a.batch / (t["median_ms"] / 1e3)
-                row["peak_memory_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
+                row.update(training_throughput(step, dev, a.batch, warmup=2, repeat=a.repeat))
             except torch.OutOfMemoryError:
                 row["out_of_memory"] = True
             rows.append(row)

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common import ROOT, environment, time_ms, write_lines
+from common import ROOT, environment, time_ms, training_throughput, write_lines
 
 from bioprop import create_model, create_rule  # noqa: E402
 from bioprop.train import load_config  # noqa: E402
@@ -83,13 +83,7 @@ def measure(cfg_path: str, variant: str, batch: int, dev: torch.device, repeat: 
            "neuron": mkw.get("neuron", "if"), "variant": variant, "rule_options": VARIANTS[variant], "batch": batch,
            "smoke": smoke}
     try:
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(dev)
-        t = time_ms(train_step, dev, warmup=3, repeat=repeat)
-        row.update({f"train_{k}": v for k, v in t.items()})
-        row["train_images_per_s"] = batch / (t["median_ms"] / 1e3)
-        row["peak_memory_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
+        row.update(training_throughput(train_step, dev, batch, warmup=3, repeat=repeat, prefix="train_"))
         e = time_ms(eval_step, dev, warmup=2, repeat=repeat)
         row.update({f"eval_{k}": v for k, v in e.items()})
         row["eval_images_per_s"] = batch / (e["median_ms"] / 1e3)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common import ROOT, environment, time_ms, write_lines, parse_model_kw
+from common import ROOT, environment, parse_model_kw, training_throughput, write_lines
 
 from bioprop import create_model, create_rule  # noqa: E402
 
@@ -50,13 +50,7 @@ def measure(model_name: str, variant: str, T: int, batch: int, dev: torch.device
     row = {"bench": "tssl_speed", "model": model_name, "model_kw": extra, "rule": rule_name, "variant": variant,
            "T": T, "batch": batch}
     try:
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(dev)
-        t = time_ms(step, dev, warmup=3, repeat=repeat)
-        row.update(t)
-        row["train_images_per_s"] = batch / (t["median_ms"] / 1e3)
-        row["peak_memory_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
+        row.update(training_throughput(step, dev, batch, warmup=3, repeat=repeat))
         if getattr(rule, "_graph_failed", False):
             row["graph_failed"] = True
     except torch.OutOfMemoryError:
