@@ -45,6 +45,7 @@ The implicit gradient: with ``L(readout(a*))`` and ``a* = f(a*; theta)``,
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import warnings
 from dataclasses import dataclass
@@ -99,6 +100,16 @@ class IDEConfig:
     cuda_graph: bool = False
 
 
+def _has_fast_path(model: nn.Module) -> bool:
+    """Whether ``model.simulate`` takes the ``fast`` options (inspected once per function)."""
+    return _takes_fast(getattr(model.simulate, "__func__", model.simulate))
+
+
+@functools.lru_cache(maxsize=64)
+def _takes_fast(fn) -> bool:
+    return "fast" in inspect.signature(fn).parameters
+
+
 class IDE(Rule):
     name = "ide"
     requires_spiking = True
@@ -129,7 +140,7 @@ class IDE(Rule):
         if missing:
             raise TypeError(f"rule 'ide' needs a feedback SNN that declares {', '.join(_INTERFACE)}; "
                             f"{type(model).__name__} lacks {', '.join(missing)} (use e.g. f400 or f64c5)")
-        if self.config.fast and "fast" not in inspect.signature(model.simulate).parameters:
+        if self.config.fast and not _has_fast_path(model):
             warnings.warn(f"ide: {type(model).__name__}.simulate has no fast path (a 'fast' argument, see "
                           "bioprop.models.fastsim): its own simulation is used", RuntimeWarning, stacklevel=2)
         return model
@@ -137,7 +148,7 @@ class IDE(Rule):
     def simulate(self, model: nn.Module, st, time_steps: Optional[int]):
         """The T-step simulation (no autograd) on the configured path."""
         c = self.config
-        if not c.fast or "fast" not in inspect.signature(model.simulate).parameters:
+        if not c.fast or not _has_fast_path(model):
             return model.simulate(st, time_steps)
         opts = SimOptions(c.precision, c.channels_last)
         if c.cuda_graph and st.drive.is_cuda and not self._graph_failed:
