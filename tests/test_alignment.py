@@ -1,6 +1,7 @@
 """Two Routes rules: FA with B = W is BP; each regulariser drives B to its fixed point; the
 conversion keeps the forward pass; angle metrics; KP under BPTT trains a spiking net."""
 
+import copy
 import math
 
 import pytest
@@ -316,3 +317,103 @@ def test_optimizer_weight_decay_skips_b_where_the_regulariser_decays_it():
         layer.weight_b.grad = regularizer_grad("sa", layer, None, 1e-3, 2e-3, 0.0)
         opt.step()
     torch.testing.assert_close(layer.weight_b.detach(), layer.weight.detach(), rtol=1e-6, atol=1e-8)
+
+
+def _mlp_trainer(tmp_path, *overrides):
+    from bioprop.train import Trainer, load_config
+
+    cfg = load_config(None, ["model=mlp", "model.hidden=[32]", "data.train_limit=256", "data.batch_size=64",
+                             "optim.name=sgd", "optim.lr=0.05", "optim.momentum=0", "train.epochs=1",
+                             "train.device=cpu", f"train.out_dir={tmp_path}", *overrides])
+    return Trainer(cfg, log=lambda s: None)
+
+
+def test_b_optimizer_owns_b_and_takes_its_own_steps(tmp_path):
+    """With ``b_optimizer`` the model's optimizer leaves B out; the rule's SGD / Adam steps B on the
+    closed-form dR/dB (SGD: B - b_lr g; Adam's first step: B - b_lr g / (|g| + eps))."""
+    for kind in ("sgd", "adam"):
+        t = _mlp_trainer(tmp_path / kind, "rule=aa", f"rule.b_optimizer={kind}", "rule.b_lr=0.01")
+        model, rule = t.model, t.rule
+        in_main = {id(p) for g in t.optimizer.param_groups for p in g["params"]}
+        layers = list(fb_layers(model))
+        assert all(id(l.weight_b) not in in_main and id(l.weight) in in_main for _, l in layers)
+        assert {id(p) for p in rule.own_parameters(model)} == {id(l.weight_b) for _, l in layers}
+        x, y = next(iter(t.dataset.loader("train", t.device, seed=0, epoch=0)))
+        t.optimizer.zero_grad(set_to_none=True)
+        rule.step(model, x, y, F.cross_entropy)
+        before = {n: l.weight_b.detach().clone() for n, l in layers}
+        grads = {n: l.weight_b.grad.detach().clone() for n, l in layers}
+        t.optimizer.step()
+        assert all(torch.equal(l.weight_b, before[n]) for n, l in layers)  # the model's step leaves B alone
+        rule.after_step(model)
+        for n, l in layers:
+            g = grads[n]
+            expected = before[n] - 0.01 * (g if kind == "sgd" else g / (g.abs() + 1e-8))
+            torch.testing.assert_close(l.weight_b.detach(), expected, rtol=1e-5, atol=1e-7)
+            assert l.weight_b.grad is None
+    # the optimizer's state travels with the rule (checkpoints) and a checkpoint without it is refused
+    state = rule.state_dict()
+    fresh = _mlp_trainer(tmp_path / "fresh", "rule=aa", "rule.b_optimizer=adam", "rule.b_lr=0.01").rule
+    fresh.load_state_dict(state)
+    assert fresh.b_opt.state_dict()["state"][0]["step"] == 1
+    with pytest.raises(ValueError, match="b_optimizer"):
+        fresh.load_state_dict({k: v for k, v in state.items() if k != "b_optimizer"})
+
+
+def test_b_optimizer_is_refused_where_b_does_not_learn_from_a_regulariser():
+    for name in ("fa", "sign_symmetry", "kp"):
+        with pytest.raises(ValueError, match="b_optimizer"):
+            create_rule(name, b_optimizer="adam")
+    with pytest.raises(ValueError, match="b_lr"):
+        create_rule("aa", b_optimizer="adam", b_lr=0.0)
+
+
+def test_sa_with_its_own_sgd_reaches_its_fixed_point(tmp_path):
+    """SA's B converges to W under B's own optimizer, however the model's optimizer is set."""
+    t = _mlp_trainer(tmp_path, "rule=sa", "rule.b_optimizer=sgd", "rule.b_lr=200", "rule.b_momentum=0",
+                     "optim.lr=0")
+    x, y = next(iter(t.dataset.loader("train", t.device, seed=0, epoch=0)))
+    for _ in range(200):
+        t.optimizer.zero_grad(set_to_none=True)
+        t.rule.step(t.model, x, y, F.cross_entropy)
+        t.optimizer.step()
+        t.rule.after_step(t.model)
+    for _, l in fb_layers(t.model):
+        torch.testing.assert_close(l.weight_b.detach(), l.weight.detach(), rtol=1e-6, atol=1e-8)
+
+
+def test_regulariser_gradient_is_scaled_like_the_loss_under_fp16_amp():
+    """The trainer unscales the model optimizer's gradients, so dR/dB enters B.grad times the loss scale."""
+    torch.manual_seed(0)
+    m = create_model("mlp", in_shape=[8], hidden=[6], num_classes=3)
+    x, y = torch.randn(16, 8), torch.randint(0, 3, (16,))
+    grads = []
+    for scaler in (None, torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)):
+        rule = create_rule("sa")
+        mm = rule.prepare(copy.deepcopy(m))
+        rule.step(mm, x, y, F.cross_entropy, scaler)
+        grads.append([l.weight_b.grad.clone() for _, l in fb_layers(mm)])
+    for plain, scaled in zip(*grads):
+        torch.testing.assert_close(scaled, plain * 2.0 ** 10)
+
+
+def test_batch_centred_aa_ignores_the_input_mean():
+    """With ``batch_center`` AA's dR/dB is that of the centred inputs, so a constant offset of every
+    input leaves it unchanged (without centring it does not); its fixed point is B = W on the
+    centred data's span."""
+    torch.manual_seed(0)
+    x = torch.randn(32, 6, dtype=torch.float64)
+    y = torch.randint(0, 4, (32,))
+    offset = 3.0 * torch.randn(6, dtype=torch.float64)
+    base, grads = nn.Sequential(nn.Linear(6, 4)).double(), {}
+    for center in (False, True):
+        for shift in (0.0, 1.0):
+            m = copy.deepcopy(base)
+            rule = create_rule("aa", batch_center=center)
+            m = rule.prepare(m)
+            rule.step(m, x + shift * offset, y, F.cross_entropy)
+            grads[center, shift] = m[0].weight_b.grad.clone()
+    torch.testing.assert_close(grads[True, 0.0], grads[True, 1.0], rtol=1e-12, atol=1e-14)
+    assert not torch.allclose(grads[False, 0.0], grads[False, 1.0], rtol=1e-3)
+    layer = m[0]
+    torch.testing.assert_close(grads[True, 1.0], regularizer_grad("aa", layer, x - x.mean(0), 1e-3, 2e-3, 0.0))

@@ -32,7 +32,9 @@ convention where ``B`` has ``W``'s shape):
 For convolutions ``E`` also averages over output positions (``position_mean``; the reference code
 sums over them), and with zero padding the optimum is not a multiple of ``W`` (each kernel tap sees
 a different number of positions). The gradient of ``R`` is added to ``B.grad`` each step (scaled by
-``reg_scale``), so any optimizer trains ``B`` beside ``W``.
+``reg_scale``, and by the loss scale under fp16 AMP so that unscaling restores it). By default the
+model's optimizer trains ``B`` beside ``W``; ``b_optimizer`` gives ``B`` an optimizer of its own
+(the reference code's ``alignment_optimizer``), which the rule steps in ``after_step``.
 """
 
 from __future__ import annotations
@@ -182,6 +184,21 @@ class AlignmentConfig:
     (SA: B = beta / (2 alpha + wd) W, a gain below 1 that compounds through depth).
     ``model_rule`` (+ ``model_rule_config``): the model rule this layer rule stacks under, e.g.
     ``bptt`` to train a spiking model without weight transport (default ``bp``).
+    ``batch_center``: subtract the batch mean from the layer input inside R (the reference code's
+    ``batch_center_backward_input``). For ``aa`` R then measures B against W on the inputs'
+    fluctuations: the fixed point is B = W on the span of the centred data, and R's curvature in B
+    is ``2 alpha Cov(x)`` instead of ``2 alpha E[x x^T]``, whose largest eigenvalue (along the
+    mean of post-ReLU inputs, about fan-in x mean square) limits B's stable learning rate.
+    ``b_optimizer``: ``model`` (default) trains B with the model's optimizer and schedule;
+    ``sgd`` or ``adam`` give B an optimizer of its own (the reference code's
+    ``alignment_optimizer``) with a constant learning rate ``b_lr`` (the reference's
+    ``alignment_constant_lr``), momentum ``b_momentum`` (sgd) and weight decay ``b_weight_decay``,
+    stepped by the rule after the model's step. Under SGD B's speed along an input direction
+    of variance ``lambda`` is ``lr * 2 alpha * lambda`` (aa), which differs by orders of magnitude
+    between a conv layer and the classifier; under ``adam`` each entry moves by at most about
+    ``b_lr`` per step whatever the inputs' scale (it rescales coordinates, so it does not undo the
+    spread of ``lambda`` across directions). Only for the rules whose B learns from a regulariser
+    (wm, ia, sa, aa); the model's gradient clipping leaves B out.
     """
 
     alpha: Optional[float] = None
@@ -197,6 +214,11 @@ class AlignmentConfig:
     decay_b: Optional[bool] = None
     model_rule: str = "bp"
     model_rule_config: Dict[str, Any] = field(default_factory=dict)
+    batch_center: bool = False
+    b_optimizer: Literal["model", "sgd", "adam"] = "model"
+    b_lr: float = 1e-3
+    b_momentum: float = 0.9
+    b_weight_decay: float = 0.0
 
 
 DEFAULTS = {"wm": (1e-3, 1e-3, 0.0), "ia": (2e-3, 1e-3, 1e-3), "sa": (1e-3, 2e-3, 0.0), "aa": (1e-3, 2e-3, 0.0)}
@@ -318,6 +340,16 @@ class AlignmentRule(Rule):
         if config.model_rule in _LAYER_RULES:
             raise ValueError(f"{name}: model_rule must be a model rule (bp, bptt, ide, ...), not {config.model_rule!r}")
         self.inner = RULES.create(config.model_rule, **config.model_rule_config)
+        if config.b_optimizer != "model" and name not in DEFAULTS:
+            raise ValueError(
+                f"{name}: b_optimizer={config.b_optimizer!r} is for the rules whose B learns from a "
+                f"regulariser ({', '.join(DEFAULTS)}); {name}'s B is "
+                + ("fixed" if name in ("fa", "sign_symmetry") else "updated with dW and needs the model's optimizer")
+                + ": leave b_optimizer=model")
+        if config.b_lr <= 0 or config.b_weight_decay < 0 or not 0 <= config.b_momentum < 1:
+            raise ValueError(f"{name}: need b_lr > 0, b_weight_decay >= 0 and 0 <= b_momentum < 1, got "
+                             f"{config.b_lr}, {config.b_weight_decay}, {config.b_momentum}")
+        self.b_opt: Optional[torch.optim.Optimizer] = None
 
     def seed(self, seed: int) -> None:
         super().seed(seed)
@@ -343,7 +375,17 @@ class AlignmentRule(Rule):
         if self.name in ("wm", "ia", "aa"):
             for name, layer in fb_layers(model):
                 layer.register_forward_pre_hook(self._grab(name))
+        c = self.config
+        if c.b_optimizer == "sgd":
+            self.b_opt = torch.optim.SGD(self.own_parameters(model), lr=c.b_lr, momentum=c.b_momentum,
+                                         weight_decay=c.b_weight_decay)
+        elif c.b_optimizer == "adam":
+            self.b_opt = torch.optim.Adam(self.own_parameters(model), lr=c.b_lr, weight_decay=c.b_weight_decay)
         return model
+
+    def own_parameters(self, model: nn.Module) -> List[nn.Parameter]:
+        own = [layer.weight_b for _, layer in fb_layers(model)] if self.config.b_optimizer != "model" else []
+        return own + list(self.inner.own_parameters(model))
 
     def no_weight_decay(self, model: nn.Module) -> List[nn.Parameter]:
         decay = self.config.decay_b if self.config.decay_b is not None else self.name not in DEFAULTS
@@ -394,10 +436,14 @@ class AlignmentRule(Rule):
                                       dtype=layer.weight.dtype) * self.config.sigma
                 else:
                     inp = None
+                if self.config.batch_center and inp is not None:
+                    inp = inp - inp.mean(0, keepdim=True)
                 g = regularizer_grad(self.name, layer, inp, self.alpha, self.beta, self.gamma,
                                      self.config.position_mean)
                 if self.config.reg_scale != 1.0:
                     g = g * self.config.reg_scale
+                if scaler is not None and self.b_opt is None:
+                    g = scaler.scale(g)  # the trainer unscales the model optimizer's gradients
                 layer.weight_b.grad = g if layer.weight_b.grad is None else layer.weight_b.grad + g
         self.steps += 1
         if self.config.angle_every and self.steps % self.config.angle_every == 0:
@@ -424,6 +470,9 @@ class AlignmentRule(Rule):
 
     @torch.no_grad()
     def _after_step(self, model: nn.Module) -> None:
+        if self.b_opt is not None:
+            self.b_opt.step()
+            self.b_opt.zero_grad(set_to_none=True)
         if self.config.noisy_updates > 0:
             for p in model.parameters():
                 if p.requires_grad:
@@ -437,13 +486,22 @@ class AlignmentRule(Rule):
         self.inner.after_step(model)
 
     def state_dict(self):
-        return {**super().state_dict(), "steps": self.steps, "inner": self.inner.state_dict()}
+        state = {**super().state_dict(), "steps": self.steps, "inner": self.inner.state_dict()}
+        if self.b_opt is not None:
+            state["b_optimizer"] = self.b_opt.state_dict()
+        return state
 
     def load_state_dict(self, state) -> None:
         super().load_state_dict(state)
         self.steps = state.get("steps", 0)
         if "inner" in state:
             self.inner.load_state_dict(state["inner"])
+        if self.b_opt is not None:
+            if "b_optimizer" not in state:
+                raise ValueError(f"{self.name}: the checkpoint has no state of B's own optimizer "
+                                 f"(b_optimizer={self.config.b_optimizer!r}); resume with the b_optimizer "
+                                 "it was trained with")
+            self.b_opt.load_state_dict(state["b_optimizer"])
 
 
 

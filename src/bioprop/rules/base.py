@@ -89,6 +89,11 @@ class Rule:
     def after_step(self, model: nn.Module) -> None:
         """Called after ``optimizer.step()``."""
 
+    def own_parameters(self, model: nn.Module) -> List[nn.Parameter]:
+        """Parameters the rule updates itself (in ``after_step``, with an optimizer of its own);
+        the trainer leaves them out of its optimizer."""
+        return []
+
     def no_weight_decay(self, model: nn.Module) -> List[nn.Parameter]:
         """Parameters the optimizer must not decay (the trainer puts them in a group with
         ``weight_decay = 0``), e.g. backward kernels whose regulariser has its own decay term."""

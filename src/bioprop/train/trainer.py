@@ -174,7 +174,9 @@ class Trainer:
         self.steps_per_epoch = len(self.dataset.loader("train", self.device, seed=c.train.seed, epoch=0))
         if c.train.max_steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, c.train.max_steps_per_epoch)
-        self.optimizer = build_optimizer(self.model.parameters(), c.optim, self.rule.no_weight_decay(self.model))
+        own = {id(p) for p in self.rule.own_parameters(self.model)}
+        self.optimizer = build_optimizer([p for p in self.model.parameters() if id(p) not in own], c.optim,
+                                         self.rule.no_weight_decay(self.model))
         self.scheduler = build_scheduler(self.optimizer, c.schedule, self.steps_per_epoch, c.train.epochs)
         self.scaler = torch.amp.GradScaler(self.device.type) if c.train.amp == "fp16" else None
         self.loss_fn = lambda logits, y: F.cross_entropy(logits, y, label_smoothing=c.train.label_smoothing)
@@ -292,7 +294,7 @@ class Trainer:
             if self.scaler is not None:
                 self.scaler.unscale_(opt)
             if c.train.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), c.train.grad_clip)
+                torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], c.train.grad_clip)
             if self.scaler is not None:
                 self.scaler.step(opt)
                 self.scaler.update()
