@@ -90,16 +90,26 @@ def _newest_commit(rows: List[Dict]) -> List[Dict]:
 ALIGN_BARS = {"fa": 1.5, "sign_symmetry": 1.5, "kp": 1.5, "sa": 1.5, "wm": 2.5, "ia": 2.5}
 
 
+_VARIANT_KEYS = {"reg_scale": 1.0, "batch_center": False, "b_optimizer": "model"}
+
+
+def _variant(rule: dict) -> str:
+    """A rule's row label: its name, plus the variant settings that differ from the defaults."""
+    extra = [f"{k}={rule[k]}" for k, d in _VARIANT_KEYS.items() if k in rule and rule[k] != d]
+    return rule["name"] + (f" ({', '.join(extra)})" if extra else "")
+
+
 def alignment_table() -> str:
     steps = {r["rule"]: r for r in _newest_commit(_lines("alignment_resnet20_step.jsonl"))}
     runs = _lines("alignment_resnet20.jsonl")
     if not steps and not runs:
         return "_No results in benchmarks/results/alignment_resnet20*.jsonl yet._\n"
     last = runs[-1].get("commit") if runs else None
-    by_rule = {r["rule"]["name"]: r for r in runs if r.get("commit") == last}
+    by_rule = {_variant(r["rule"]): r for r in runs if r.get("commit") == last}
     out = ["| rule | epochs | test acc % (final epoch) | test error % | step ms | x eager BP | bar | train commit | step commit |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for rule in ["bp", "fa", "sign_symmetry", "kp", "wm", "ia", "sa", "aa"]:
+    names = ["bp", "fa", "sign_symmetry", "kp", "wm", "ia", "sa", "aa"]
+    for rule in names + sorted(k for k in by_rule if k not in names):  # variants (VARIANTS=1) last
         r, t = by_rule.get(rule), steps.get(rule)
         if r is None and t is None:
             continue
