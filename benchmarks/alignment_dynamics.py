@@ -56,8 +56,9 @@ def main() -> None:
     model, rule, opt = trainer.model, trainer.rule, trainer.optimizer
     model.train()
     layers = list(fb_layers(model))
-    tied = [layer for name, layer in layers if name in set(filter(None, a.tie.split(",")))]
-    if len(tied) != len(set(filter(None, a.tie.split(",")))):
+    tie_names = sorted(set(filter(None, a.tie.split(","))))
+    tied = [layer for name, layer in layers if name in tie_names]
+    if len(tied) != len(tie_names):
         raise SystemExit(f"--tie {a.tie}: unknown layer; the converted layers are {[n for n, _ in layers]}")
 
     def tie() -> None:
@@ -69,12 +70,12 @@ def main() -> None:
     inputs = {}
     for name, layer in layers:
         layer.register_forward_pre_hook(lambda m, args, name=name: inputs.__setitem__(name, args[0].detach()))
-    own = rule.config.b_optimizer if hasattr(rule.config, "b_optimizer") else "model"
+    own = getattr(rule.config, "b_optimizer", "model")
     # B's learning rate and momentum: the model optimizer's, or those of B's own optimizer (sgd);
     # under adam there is no fixed step size, so no stability number
     momentum = rule.config.b_momentum if own == "sgd" else opt.param_groups[0].get("momentum", 0.0)
     env = {**environment(trainer.device), "bench": "alignment_dynamics", "config": a.config, "overrides": ov,
-           "tied": a.tie.split(",") if a.tie else [],
+           "tied": tie_names,
            "seed": cfg.train.seed, "instability_threshold": 2 * (1 + momentum)}
     rows, epoch = [], 0
     batches = iter(trainer.dataset.loader("train", trainer.device, seed=cfg.train.seed, epoch=epoch))

@@ -130,6 +130,11 @@ def fb_layers(model: nn.Module) -> Iterator[Tuple[str, nn.Module]]:
             yield name, m
 
 
+def _b_params(model: nn.Module) -> List[nn.Parameter]:
+    """The backward kernels B of every converted layer."""
+    return [layer.weight_b for _, layer in fb_layers(model)]
+
+
 def _init_like(w: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Independent draw from PyTorch's default init of ``w`` (kaiming uniform, a = sqrt(5))."""
     fan_in = w[0].numel()
@@ -377,19 +382,19 @@ class AlignmentRule(Rule):
                 layer.register_forward_pre_hook(self._grab(name))
         c = self.config
         if c.b_optimizer == "sgd":
-            self.b_opt = torch.optim.SGD(self.own_parameters(model), lr=c.b_lr, momentum=c.b_momentum,
+            self.b_opt = torch.optim.SGD(_b_params(model), lr=c.b_lr, momentum=c.b_momentum,
                                          weight_decay=c.b_weight_decay)
         elif c.b_optimizer == "adam":
-            self.b_opt = torch.optim.Adam(self.own_parameters(model), lr=c.b_lr, weight_decay=c.b_weight_decay)
+            self.b_opt = torch.optim.Adam(_b_params(model), lr=c.b_lr, weight_decay=c.b_weight_decay)
         return model
 
     def own_parameters(self, model: nn.Module) -> List[nn.Parameter]:
-        own = [layer.weight_b for _, layer in fb_layers(model)] if self.config.b_optimizer != "model" else []
+        own = _b_params(model) if self.config.b_optimizer != "model" else []
         return own + list(self.inner.own_parameters(model))
 
     def no_weight_decay(self, model: nn.Module) -> List[nn.Parameter]:
         decay = self.config.decay_b if self.config.decay_b is not None else self.name not in DEFAULTS
-        own = [] if decay else [layer.weight_b for _, layer in fb_layers(model)]
+        own = [] if decay else _b_params(model)
         return own + list(self.inner.no_weight_decay(model))
 
     def _grab(self, name: str):
