@@ -30,6 +30,11 @@ def _rel(path: str) -> str:
     return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(path)
 
 
+#: per-epoch figures kept in a row's curve (the IDE ones only where the run logged them)
+CURVE_KEYS = ("epoch", "train_loss", "train_acc", "test_acc", "val_acc", "train/feedback/gain", "train/feedback/norm",
+              "train/solver/iters", "train/fixed_point/distance")
+
+
 def result_row(cfg, hist, env, config_path, overrides, dataset, bench="train", peak_mib=None, wall=None,
                resumed=False) -> dict:
     """One JSON line of results from a run's config and per-epoch history."""
@@ -51,8 +56,7 @@ def result_row(cfg, hist, env, config_path, overrides, dataset, bench="train", p
         "wall_s": wall,
         "train_time_total_s": sum(r["train_time_s"] for r in hist),
         "resumed": bool(resumed),
-        "curve": [{k: r[k] for k in ("epoch", "train_loss", "train_acc", "test_acc", "val_acc") if k in r}
-                  for r in hist],
+        "curve": [{k: r[k] for k in CURVE_KEYS if k in r} for r in hist],
         **env,
     }
     vals = [(r["val_acc"], r["test_acc"], r["epoch"]) for r in hist if "val_acc" in r and "test_acc" in r]

@@ -388,7 +388,8 @@ def test_ide_diagnostics_and_interface_check():
     rule = create_rule("ide")
     m = rule.prepare(m)
     out = rule.step(m, torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,)), F.cross_entropy)
-    for k in ("solver/residual", "solver/iters", "fixed_point/distance", "rate/lif1", "spikes_per_sample/lif1"):
+    for k in ("solver/residual", "solver/iters", "fixed_point/distance", "rate/lif1", "spikes_per_sample/lif1",
+              "feedback/gain", "feedback/norm"):
         assert k in out.stats
     assert 0 <= float(out.stats["rate/lif1"]) <= 1
     with pytest.raises(TypeError, match="feedback SNN"):
@@ -427,6 +428,31 @@ def test_feedback_norm_range_bounds_the_operator():
     assert abs(operator_norm(m.feedback, m.feedback.weight().detach()) - 1.8) < 1e-3
     with pytest.raises(ValueError, match="g_init"):
         create_model("f400", fb_gain_init=1.0)
+
+
+@pytest.mark.parametrize("sigma_of", ["operator", "kernel"])
+def test_feedback_stats_report_the_gain_and_the_true_operator_norm(sigma_of):
+    torch.manual_seed(0)
+    m = create_model("f64c5", in_shape=[1, 8, 8], channels=3, kernel=3, fb_norm_range=1.5, fb_gain_init=0.6,
+                     sigma_of=sigma_of, dropout=0.0, time_steps=3).double()
+    rule = create_rule("ide")
+    m = rule.prepare(m)
+    x, y = torch.randn(4, 1, 8, 8, dtype=torch.float64), torch.randint(0, 10, (4,))
+    out = rule.step(m, x, y, F.cross_entropy)
+    assert float(out.stats["feedback/gain"]) == pytest.approx(0.6)
+    with torch.no_grad():
+        m.feedback.g.fill_(3.0)  # beyond the clamp: the gain reported is the clamped one
+        m.feedback.power_iteration(300)
+        w = m.feedback.weight()
+        for _ in range(300):
+            est = m.feedback.operator_norm_estimate(w)
+    assert float(m.feedback_stats(m.begin(x))["feedback/gain"]) == 1.5
+    true = operator_norm(m.feedback, w)
+    # operator mode: the bound, which the true norm meets; kernel mode: the power iteration on the
+    # operator finds the true norm, which the kernel's sigma does not bound (here it exceeds 1.5)
+    assert float(est) == pytest.approx(true, rel=1e-3)
+    if sigma_of == "kernel":
+        assert true > 1.5 * 1.01
 
 
 def test_multilayer_parameter_counts():

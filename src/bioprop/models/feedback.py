@@ -263,6 +263,14 @@ class FeedbackSNN(nn.Module):
     def readout(self, a: torch.Tensor) -> torch.Tensor:
         return self.classifier(a.flatten(1))
 
+    @torch.no_grad()
+    def feedback_stats(self, st: FeedbackState) -> Dict[str, torch.Tensor]:
+        """``feedback/gain``: the clamped gain ``g`` (at ``fb_norm_range`` it gets no gradient:
+        training wants stronger feedback than the bound allows); ``feedback/norm``: the true
+        operator norm of ``W`` (see :meth:`SpectralNormOperator.operator_norm_estimate`); the
+        map is contractive while ``feedback/norm`` < Vth."""
+        return {"feedback/gain": self.feedback.gain(), "feedback/norm": self.feedback.operator_norm_estimate(st.weight)}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of the simulated network (no gradient through the spikes; train with ``ide``)."""
         a, _ = self.simulate(self.begin(x))
@@ -390,6 +398,7 @@ class MultiLayerFeedbackSNN(nn.Module):
         return self.neuron.threshold
 
     input_average = FeedbackSNN.input_average
+    feedback_stats = FeedbackSNN.feedback_stats
 
     def sample_masks(self, batch: int, generator: Optional[torch.Generator] = None):
         if not self.training or self.dropout == 0:

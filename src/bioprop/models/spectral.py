@@ -69,6 +69,11 @@ class SpectralNormOperator(nn.Module):
         v = torch.randn(v_shape, generator=torch.Generator().manual_seed(0)).to(self.weight_v.dtype)
         self.register_buffer("v", v / v.norm())
         self.power_iteration(init_iters)
+        # 'kernel' mode: a second persistent vector follows the true operator norm of W, which the
+        # kernel's sigma does not bound (diagnostics only; not saved, re-converges after a resume)
+        if self.sigma_of == "kernel":
+            w0 = torch.randn((1,) + self.in_shape, generator=torch.Generator().manual_seed(1)).to(self.weight_v.dtype)
+            self.register_buffer("v_op", w0 / w0.norm(), persistent=False)
 
     # the operator A_V and its adjoint A_V^T
     def apply_op(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -117,6 +122,29 @@ class SpectralNormOperator(nn.Module):
             self.power_iteration(self.power_iters)
         g = self.g.clamp(-self.norm_range, self.norm_range)
         return g * self.weight_v / self.sigma()
+
+    def gain(self) -> torch.Tensor:
+        """The clamped gain ``clamp(g, -r, r)`` (detached); at ``+-r`` it receives no gradient."""
+        return self.g.detach().clamp(-self.norm_range, self.norm_range)
+
+    @torch.no_grad()
+    def operator_norm_estimate(self, weight: torch.Tensor, iters: int = 1) -> torch.Tensor:
+        """Estimate of the true operator norm ``||x -> op(x, weight)||`` of a weight this module made.
+
+        ``sigma_of='operator'``: ``|clamp(g)|``, the bound the normalisation enforces (exact up to
+        its power iteration). ``sigma_of='kernel'``: ``iters`` steps of a persistent power
+        iteration on the operator itself (a lower bound that converges over calls), since the
+        kernel's sigma does not bound the convolution."""
+        if self.sigma_of == "operator":
+            return self.gain().abs()
+        w = weight.detach()
+        v = self.v_op.to(w.dtype)
+        for _ in range(max(1, iters)):
+            u = self.apply_op(v, w)
+            v = self.apply_adjoint(u / u.norm().clamp_min(1e-12), w)
+            v = v / v.norm().clamp_min(1e-12)
+        self.v_op.copy_(v)
+        return self.apply_op(v, w).norm()
 
     def forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return self.apply_op(x, weight)

@@ -39,7 +39,9 @@ The implicit gradient: with ``L(readout(a*))`` and ``a* = f(a*; theta)``,
 - ``equilibrium_map(a, state, detach) -> f(a)``: differentiable; ``detach=True`` holds the
   parameters constant (the Jacobian ``df/da`` of the adjoint solve);
 - ``readout(a) -> logits``; optionally ``update_statistics(state)``, called after the backward
-  pass (BatchNorm statistics that the map held fixed).
+  pass (BatchNorm statistics that the map held fixed), and ``feedback_stats(state) -> {name:
+  tensor}``, diagnostics of the feedback operator (its clamped gain and operator norm) added to
+  the step's stats.
 """
 
 from __future__ import annotations
@@ -226,6 +228,8 @@ class IDE(Rule):
             # otherwise turn rounding into a huge ratio)
             floor = 1e-3 * a.numel() ** 0.5
             stats["fixed_point/distance"] = (a - fa.detach()).norm() / a.norm().clamp_min(floor)
+            if hasattr(model, "feedback_stats"):
+                stats.update(model.feedback_stats(st))
         if log:
             r = log[-1]
             self._report(r)
