@@ -428,6 +428,10 @@ def test_feedback_norm_range_bounds_the_operator():
     assert abs(operator_norm(m.feedback, m.feedback.weight().detach()) - 1.8) < 1e-3
     with pytest.raises(ValueError, match="g_init"):
         create_model("f400", fb_gain_init=1.0)
+    with pytest.warns(RuntimeWarning, match="non-contractive"):
+        create_model("f64c5", fb_norm_range=2.5)
+    with pytest.raises(ValueError, match="fb_norm_range"):
+        create_model("f400", fb_norm_range=0.0)
 
 
 @pytest.mark.parametrize("sigma_of", ["operator", "kernel"])

@@ -31,6 +31,7 @@ variational dropout does. Parameter counts equal the reference's (F400: 478,811;
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Dict, List, Literal, Optional, Tuple
 
@@ -278,6 +279,12 @@ class FeedbackSNN(nn.Module):
 
 
 def _neuron(c) -> NeuronParams:
+    """The neuron parameters of config ``c``; also checks its feedback bound against Vth."""
+    if c.fb_norm_range >= c.threshold:
+        warnings.warn(f"fb_norm_range {c.fb_norm_range:g} >= threshold {c.threshold:g}: the feedback may leave the "
+                      "equilibrium map non-contractive (the rates' convergence to a unique fixed point is no longer "
+                      "guaranteed); watch the solver residuals and feedback/norm in the logs", RuntimeWarning,
+                      stacklevel=3)
     return neuron_from(c.neuron, c.threshold, c.leak)
 
 

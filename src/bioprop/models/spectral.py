@@ -24,7 +24,7 @@ from torch import nn
 
 from ..metrics import synaptic_operations
 
-__all__ = ["SpectralNormOperator", "operator_norm"]
+__all__ = ["SpectralNormOperator", "operator_norm", "power_norm"]
 
 
 class SpectralNormOperator(nn.Module):
@@ -42,6 +42,8 @@ class SpectralNormOperator(nn.Module):
             raise TypeError(f"SpectralNormOperator: unsupported layer {type(layer).__name__}")
         if getattr(layer, "bias", None) is not None:
             raise ValueError("SpectralNormOperator: the layer must have no bias (a feedback operator is linear)")
+        if not norm_range > 0:
+            raise ValueError(f"norm_range (a model's fb_norm_range) must be > 0, got {norm_range}")
         if not -norm_range < g_init < norm_range:
             raise ValueError(f"g_init must lie inside (-{norm_range}, {norm_range}) to receive gradient, got {g_init}")
         if sigma_of not in ("operator", "kernel"):
@@ -137,14 +139,9 @@ class SpectralNormOperator(nn.Module):
         kernel's sigma does not bound the convolution."""
         if self.sigma_of == "operator":
             return self.gain().abs()
-        w = weight.detach()
-        v = self.v_op.to(w.dtype)
-        for _ in range(max(1, iters)):
-            u = self.apply_op(v, w)
-            v = self.apply_adjoint(u / u.norm().clamp_min(1e-12), w)
-            v = v / v.norm().clamp_min(1e-12)
+        norm, v = power_norm(self, weight.detach(), self.v_op, max(1, iters))
         self.v_op.copy_(v)
-        return self.apply_op(v, w).norm()
+        return norm
 
     def forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return self.apply_op(x, weight)
@@ -156,6 +153,19 @@ class SpectralNormOperator(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.kind}, in_shape={self.in_shape}, norm_range={self.norm_range}, sigma_of={self.sigma_of}"
+
+
+@torch.no_grad()
+def power_norm(op: SpectralNormOperator, weight: torch.Tensor, v: torch.Tensor, iters: int):
+    """``iters`` power-iteration steps ``v <- A^T A v / ||A^T A v||`` on the operator
+    ``A = x -> op(x, weight)`` from the input-space vector ``v``; returns ``(||A v||, v)``, a lower
+    bound of ``||A||_2`` that converges to it."""
+    v = v.to(weight.dtype)
+    for _ in range(iters):
+        u = op.apply_op(v, weight)
+        v = op.apply_adjoint(u / u.norm().clamp_min(1e-12), weight)
+        v = v / v.norm().clamp_min(1e-12)
+    return op.apply_op(v, weight).norm(), v
 
 
 def operator_norm(op: SpectralNormOperator, weight: torch.Tensor) -> float:
