@@ -7,9 +7,11 @@ the clamped gain that the weight uses, and the true operator norm ``||W||`` of t
 operator, by power iteration on the operator itself (convolution and its adjoint; ``--iters``
 steps from a fixed start), whatever the run's normalisation (``sigma_of=kernel``, the
 reference's, does not bound it). ``||W|| / Vth`` >= 1 means that the equilibrium map may not be
-contractive. Prints one JSON line per run; ``--annotate`` adds the list as ``feedback_by_epoch``
-to the lines of FILE whose overrides name the run (``train.name=RUN``), for runs that predate
-the ``feedback/norm`` training log.
+contractive; ``norm_over_gain`` > 1 under ``sigma_of=operator`` means that the normalisation's own
+(persistent, one step per training step) power iteration underestimated sigma, so the bound
+``|clamp(g)|`` did not hold. Prints one JSON line per run; ``--annotate`` adds the list as
+``feedback_by_epoch`` to the lines of FILE whose overrides name the run (``train.name=RUN``).
+Only the checkpoints a run kept (``train.keep_checkpoints``, default the last 2) are read.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ def run_feedback(run_dir: Path, iters: int) -> dict:
         w = op.weight().detach()  # the weight the run's last step used (its own normalisation)
         norm = true_operator_norm(op, w, iters)
         rows.append({"epoch": int(c.name.split("_")[-1]), "g": float(op.g.detach()), "gain": float(op.gain()),
-                     "operator_norm": norm, "norm_over_vth": norm / model.threshold})
+                     "operator_norm": norm, "norm_over_vth": norm / model.threshold,
+                     "norm_over_gain": norm / max(abs(float(op.gain())), 1e-12)})
     return {"run": run_dir.name, "sigma_of": getattr(model.feedback, "sigma_of", "operator"),
             "fb_norm_range": model.feedback.norm_range, "power_iters": iters, "feedback_by_epoch": rows}
 

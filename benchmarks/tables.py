@@ -225,12 +225,42 @@ def ide_speed_table() -> str:
             f"variants measured: {variants}; {r['device']}, torch {r['torch']}, commit {r['commit']}.\n")
 
 
+def feedback_ablation_table(name: str = "ablation_f64c5_gain.jsonl") -> str:
+    """Per-epoch train loss, test accuracy and measured feedback strength of F64C5 runs that differ
+    only in the feedback's normalisation and bound (``feedback_by_epoch`` from feedback_norm.py)."""
+    rows = [r for r in _rows(name) if not r.get("failed")]
+    if not rows:
+        return f"_No results in benchmarks/results/{name} yet._\n"
+    out = ["| normalisation | bound (g init) | train loss by epoch | test acc % by evaluated epoch | true norm of W "
+           "by epoch (x Vth) | solver iters (last epoch) | train img/s | device | commit |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        m = r["model"]
+        norm = "kernel (reference)" if m.get("sigma_of") == "kernel" else "operator"
+        bound = f"{m.get('fb_norm_range', 1.0):g} ({m.get('fb_gain_init', 0.9):g})"
+        curve = r["curve"]
+        loss = " / ".join(f"{c['train_loss']:.4f}" for c in curve)
+        acc = " / ".join(f"{_pct(c['test_acc'])} (e{c['epoch']})" for c in curve if "test_acc" in c)
+        vth = m.get("threshold", 2.0)
+        fb = " / ".join(f"{f['operator_norm']:.2f} ({f['operator_norm'] / vth:.2f}, e{f['epoch']})"
+                        for f in r.get("feedback_by_epoch", []))
+        its = curve[-1].get("train/solver/iters")
+        out.append(f"| {norm} | {bound} | {loss} | {acc} | {fb or '-'} | {'-' if its is None else f'{its:.1f}'} "
+                   f"| {r['train_images_per_s']:,.0f} | {r['device']} | {r.get('commit') or '-'} |")
+    return "\n".join(out) + "\n"
+
+
 def results_markdown() -> str:
     return ("**Training runs** (`benchmarks/results/train.jsonl`, from `benchmarks/train_bench.py`)\n\n"
             + train_table() + "\n**Ablation: spectral norm of the F64C5 feedback convolution** "
             "(`benchmarks/results/ablation_f64c5_sigma.jsonl`; 10-epoch schedule, x0.1 at 5 and 8, both runs "
             "sharing one GPU; `sigma_of=kernel` is the reference's normalisation)\n\n"
             + train_table("ablation_f64c5_sigma.jsonl", published=False)
+            + "\n**CPU proxy: the F64C5 feedback's normalisation and bound** "
+            "(`benchmarks/results/ablation_f64c5_gain.jsonl`; configs/ide_f64c5_mnist_lif.yaml shortened to the first "
+            "20,000 MNIST training images, 4 epochs, x0.1 at 3, full 10,000-image test set; seed 0; the four runs "
+            "sharing two CPU cores; true norms measured on the kept checkpoints by `benchmarks/feedback_norm.py`)\n\n"
+            + feedback_ablation_table()
             + "\n**Ablation: inner BatchNorm statistics of AlexNet-F in the IDE map** "
             "(`benchmarks/results/ablation_alexnet_bn.jsonl`; CIFAR-10 (JPEG q75 copy), T=30, LIF, 12-epoch shortened "
             "schedule (x0.1 at 6 and 9), both runs sharing one GPU, stopped by the time limit)\n\n"

@@ -81,9 +81,10 @@ class F64C5Config(FeedbackSNNConfig):
     kernel: int = 5
     stride: int = 2
     padding: int = 2
-    #: 'operator': sigma of the convolution operator (default); 'kernel': of the reshaped kernel,
-    #: as the reference does (for ablations)
-    sigma_of: Literal["operator", "kernel"] = "operator"
+    #: 'operator': sigma of the convolution operator by power iteration (default); 'fourier': the
+    #: exact upper bound from the kernel's Fourier symbol (never exceeded, no power-iteration lag);
+    #: 'kernel': of the reshaped kernel, as the reference does (for ablations; does not bound W)
+    sigma_of: Literal["operator", "kernel", "fourier"] = "operator"
 
 
 @dataclass
@@ -267,10 +268,14 @@ class FeedbackSNN(nn.Module):
     @torch.no_grad()
     def feedback_stats(self, st: FeedbackState) -> Dict[str, torch.Tensor]:
         """``feedback/gain``: the clamped gain ``g`` (at ``fb_norm_range`` it gets no gradient:
-        training wants stronger feedback than the bound allows); ``feedback/norm``: the true
-        operator norm of ``W`` (see :meth:`SpectralNormOperator.operator_norm_estimate`); the
-        map is contractive while ``feedback/norm`` < Vth."""
-        return {"feedback/gain": self.feedback.gain(), "feedback/norm": self.feedback.operator_norm_estimate(st.weight)}
+        training wants stronger feedback than the bound allows); under ``sigma_of='kernel'`` also
+        ``feedback/norm``, the true operator norm of ``W``, which that normalisation does not
+        bound (:meth:`SpectralNormOperator.operator_norm_estimate`; the map is contractive while it
+        is below Vth)."""
+        out = {"feedback/gain": self.feedback.gain()}
+        if self.feedback.sigma_of == "kernel":
+            out["feedback/norm"] = self.feedback.operator_norm_estimate(st.weight)
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of the simulated network (no gradient through the spikes; train with ``ide``)."""
@@ -283,7 +288,7 @@ def _neuron(c) -> NeuronParams:
     if c.fb_norm_range >= c.threshold:
         warnings.warn(f"fb_norm_range {c.fb_norm_range:g} >= threshold {c.threshold:g}: the feedback may leave the "
                       "equilibrium map non-contractive (the rates' convergence to a unique fixed point is no longer "
-                      "guaranteed); watch the solver residuals and feedback/norm in the logs", RuntimeWarning,
+                      "guaranteed); watch the solver residuals in the logs", RuntimeWarning,
                       stacklevel=3)
     return neuron_from(c.neuron, c.threshold, c.leak)
 
