@@ -6,14 +6,11 @@
 #        reference path -> RUNS/ide_speed.jsonl; 3. launch detached: F400 / Fashion-MNIST / T=5 on the
 #        fast path, full 100-epoch recipe; AlexNet-F / CIFAR-10 (JPEG q75 copy) / T=30 for 3 epochs on
 #        the reference path and on the fast path (same seed: equal accuracy within noise); AlexNet-F
-#        T=30 on the fast path, shortened to E epochs (default 30; x0.1 at E/2 and 3E/4);
-#        with IDE_CORE=1 also F64C5 / MNIST / T=30 / LIF, full recipe, with the feedback gain
-#        clamped at 1 (the reference's bound) and at 1.8 (model.fb_norm_range; still below Vth = 2),
-#        the open accuracy bar of issue #3 (needs mnist/ in SRC)
+#        T=30 on the fast path, shortened to E epochs (default 30; x0.1 at E/2 and 3E/4)
+#        (issue #3's F64C5 bar has a driver of its own that fits one call: run_f64c5_gpu.sh)
 #   run_ide_fast_gpu.sh wait RUNS SECONDS / finish RUNS OUT: benchmarks/detached.sh (finish also
 #        copies ide_speed.jsonl to OUT)
 # SRC: a folder with fashion-mnist/ (IDX files), cifar10-jpeg75.tar.gz, cifar10_from_jpeg.py
-#      (and mnist/ for IDE_CORE=1)
 # FAST: the fast-path options of the training runs (default: rule.precision=bf16 rule.channels_last=true
 #       plus rule.cuda_graph=true when the graph tests pass). E: epochs of the long AlexNet-F run.
 # SMOKE=1: CPU-sized (2 steps per epoch, 512 images, tiny speed benchmark).
@@ -42,12 +39,6 @@ start)
   L=benchmarks/detached.sh
   A=configs/ide_alexnet_f_cifar10_t30_lif.yaml
   $L launch "$RUNS" ide_f400_fmnist_fast configs/ide_f400_fmnist_lif.yaml "$SRC/fashion-mnist" "${FASTOPT[@]}" "${SMALL[@]}"
-  if [ -n "${IDE_CORE:-}" ]; then
-    for r in 1.0 1.8; do
-      $L launch "$RUNS" ide_f64c5_mnist_fast_r$r configs/ide_f64c5_mnist_lif.yaml "$SRC/mnist" "${FASTOPT[@]}" \
-        model.fb_norm_range=$r "${SMALL[@]}"
-    done
-  fi
   $L launch "$RUNS" ide_alexnet_3ep_reference $A "$CIFAR" rule.fast=false train.epochs=3 "${SMALL[@]}" "${TINY[@]}"
   $L launch "$RUNS" ide_alexnet_3ep_fast $A "$CIFAR" "${FASTOPT[@]}" train.epochs=3 "${SMALL[@]}" "${TINY[@]}"
   $L launch "$RUNS" ide_alexnet_fast_${E}ep $A "$CIFAR" "${FASTOPT[@]}" train.epochs=$E \

@@ -236,7 +236,8 @@ def feedback_ablation_table(name: str = "ablation_f64c5_gain.jsonl") -> str:
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         m = r["model"]
-        norm = "kernel (reference)" if m.get("sigma_of") == "kernel" else "operator"
+        sig = m.get("sigma_of", "operator")
+        norm = {"kernel": "kernel (reference)", "fourier": "Fourier bound"}.get(sig, "operator (power iteration)")
         bound = f"{m.get('fb_norm_range', 1.0):g} ({m.get('fb_gain_init', 0.9):g})"
         curve = r["curve"]
         loss = " / ".join(f"{c['train_loss']:.4f}" for c in curve)
@@ -258,8 +259,8 @@ def results_markdown() -> str:
             + train_table("ablation_f64c5_sigma.jsonl", published=False)
             + "\n**CPU proxy: the F64C5 feedback's normalisation and bound** "
             "(`benchmarks/results/ablation_f64c5_gain.jsonl`; configs/ide_f64c5_mnist_lif.yaml shortened to the first "
-            "20,000 MNIST training images, 4 epochs, x0.1 at 3, full 10,000-image test set; seed 0; the four runs "
-            "sharing two CPU cores; true norms measured on the kept checkpoints by `benchmarks/feedback_norm.py`)\n\n"
+            "20,000 MNIST training images, 4 epochs, x0.1 at 3, full 10,000-image test set; seed 0; runs "
+            "sharing two CPU cores, so img/s compares nothing; true norms measured on the kept checkpoints by `benchmarks/feedback_norm.py`)\n\n"
             + feedback_ablation_table()
             + "\n**Ablation: inner BatchNorm statistics of AlexNet-F in the IDE map** "
             "(`benchmarks/results/ablation_alexnet_bn.jsonl`; CIFAR-10 (JPEG q75 copy), T=30, LIF, 12-epoch shortened "
