@@ -51,11 +51,11 @@ def run_feedback(run_dir: Path, iters: int) -> dict:
         load_weights(model, c)
         op = model.feedback
         w = op.weight().detach()  # the weight the run's last step used (its own normalisation)
-        norm = true_operator_norm(op, w, iters)
-        rows.append({"epoch": int(c.name.split("_")[-1]), "g": float(op.g.detach()), "gain": float(op.gain()),
+        norm, gain = true_operator_norm(op, w, iters), float(op.gain())
+        rows.append({"epoch": int(c.name.split("_")[-1]), "g": float(op.g.detach()), "gain": gain,
                      "operator_norm": norm, "norm_over_vth": norm / model.threshold,
-                     "norm_over_gain": norm / max(abs(float(op.gain())), 1e-12)})
-    return {"run": run_dir.name, "sigma_of": getattr(model.feedback, "sigma_of", "operator"),
+                     "norm_over_gain": norm / max(abs(gain), 1e-12)})
+    return {"run": run_dir.name, "sigma_of": model.feedback.sigma_of,
             "fb_norm_range": model.feedback.norm_range, "power_iters": iters, "feedback_by_epoch": rows}
 
 

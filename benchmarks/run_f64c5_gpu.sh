@@ -29,13 +29,16 @@ fi
 E=${E:-15}
 MS="[$((3 * E / 10)),$((6 * E / 10)),$((9 * E / 10))]"
 IFS=';' read -r -a ARMLIST <<< "$ARMS"
+NAMES=()
 for arm in "${ARMLIST[@]}"; do
   read -r -a A <<< "$arm"
-  benchmarks/detached.sh launch "$RUNS" "ide_f64c5_${A[0]}" configs/ide_f64c5_mnist_lif.yaml "$SRC/mnist" \
+  NAMES+=("ide_f64c5_${A[0]}")
+  benchmarks/detached.sh launch "$RUNS" "${NAMES[-1]}" configs/ide_f64c5_mnist_lif.yaml "$SRC/mnist" \
     "${FASTOPT[@]}" train.epochs=$E "schedule.milestones=$MS" "${A[@]:1}" "${SMALL[@]}"
 done
 benchmarks/detached.sh wait "$RUNS" "$LIMIT"
 benchmarks/detached.sh finish "$RUNS" "$OUT"
-dirs=$(for arm in "${ARMLIST[@]}"; do read -r -a A <<< "$arm"; d="$RUNS/ide_f64c5_${A[0]}"; [ -d "$d/checkpoints" ] && echo "$d"; done)
-[ -n "$dirs" ] && python benchmarks/feedback_norm.py $dirs > "$OUT/feedback.jsonl"
+DIRS=()
+for n in "${NAMES[@]}"; do [ -d "$RUNS/$n/checkpoints" ] && DIRS+=("$RUNS/$n"); done
+[ ${#DIRS[@]} -gt 0 ] && python benchmarks/feedback_norm.py "${DIRS[@]}" > "$OUT/feedback.jsonl"
 cat "$OUT/train.jsonl" 2>/dev/null | cut -c1-400

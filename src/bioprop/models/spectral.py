@@ -121,13 +121,7 @@ class SpectralNormOperator(nn.Module):
         if self.sigma_of == "fourier":
             return
         w = self.weight_v.detach()
-        v = self.v
-        for _ in range(n):
-            u = self._fwd(v, w)
-            u = u / u.norm().clamp_min(1e-12)
-            v = self._adj(u, w)
-            v = v / v.norm().clamp_min(1e-12)
-        self.v.copy_(v)
+        self.v.copy_(_power_steps(lambda x: self._fwd(x, w), lambda y: self._adj(y, w), self.v, n))
 
     def sigma(self) -> torch.Tensor:
         """Estimate of the largest singular value ``||A_V v||`` (differentiable in ``V``); under
@@ -194,12 +188,19 @@ def power_norm(op: SpectralNormOperator, weight: torch.Tensor, v: torch.Tensor, 
     """``iters`` power-iteration steps ``v <- A^T A v / ||A^T A v||`` on the operator
     ``A = x -> op(x, weight)`` from the input-space vector ``v``; returns ``(||A v||, v)``, a lower
     bound of ``||A||_2`` that converges to it."""
-    v = v.to(weight.dtype)
-    for _ in range(iters):
-        u = op.apply_op(v, weight)
-        v = op.apply_adjoint(u / u.norm().clamp_min(1e-12), weight)
-        v = v / v.norm().clamp_min(1e-12)
+    v = _power_steps(lambda x: op.apply_op(x, weight), lambda y: op.apply_adjoint(y, weight),
+                     v.to(weight.dtype), iters)
     return op.apply_op(v, weight).norm(), v
+
+
+def _power_steps(fwd, adj, v: torch.Tensor, n: int) -> torch.Tensor:
+    """``n`` steps of ``v <- A^T A v / ||A^T A v||`` with ``A = fwd``, ``A^T = adj`` (the one loop of
+    the normalisation's persistent iteration and of :func:`power_norm`)."""
+    for _ in range(n):
+        u = fwd(v)
+        v = adj(u / u.norm().clamp_min(1e-12))
+        v = v / v.norm().clamp_min(1e-12)
+    return v
 
 
 def operator_norm(op: SpectralNormOperator, weight: torch.Tensor) -> float:
