@@ -68,6 +68,9 @@ def train_table(name: str = "train.jsonl", published: bool = True) -> str:
         mem = "-" if r.get("peak_memory_mib") is None else f"{r['peak_memory_mib']:.0f}"
         planned = r.get("planned_epochs") or r["epochs"]
         ep = f"{r['epochs']}" + (f" of {planned} (shortened)" if r.get("shortened") else "")
+        recipe = r.get("recipe_epochs")
+        if recipe and planned < recipe:
+            ep += f" (schedule shortened from the recipe's {recipe})"
         acc = _pct(r["test_acc"]) + ("" if r["epochs"] == planned else f" (epoch {r['epochs']})")
         secs = r.get("train_time_total_s") or r.get("wall_s")
         tt = "-" if secs is None else f"{secs / 60:.1f} min"
@@ -231,14 +234,14 @@ def feedback_ablation_table(name: str = "ablation_f64c5_gain.jsonl") -> str:
     rows = [r for r in _rows(name) if not r.get("failed")]
     if not rows:
         return f"_No results in benchmarks/results/{name} yet._\n"
-    out = ["| normalisation | bound (g init) | train loss by epoch | test acc % by evaluated epoch | true norm of W "
+    out = ["| normalisation | bound (g init) | seed | train loss by epoch | test acc % by evaluated epoch | true norm of W "
            "by epoch (x Vth) | solver iters (last epoch) | train img/s | device | commit |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    finals: Dict[tuple, List[float]] = {}
+    for r in sorted(rows, key=lambda r: (_arm(r), r["seed"])):
         m = r["model"]
-        sig = m.get("sigma_of", "operator")
-        norm = {"kernel": "kernel (reference)", "fourier": "Fourier bound"}.get(sig, "operator (power iteration)")
-        bound = f"{m.get('fb_norm_range', 1.0):g} ({m.get('fb_gain_init', 0.9):g})"
+        norm, bound = _arm(r)
+        finals.setdefault((norm, bound), []).append(r["test_acc"])
         curve = r["curve"]
         loss = " / ".join(f"{c['train_loss']:.4f}" for c in curve)
         acc = " / ".join(f"{_pct(c['test_acc'])} (e{c['epoch']})" for c in curve if "test_acc" in c)
@@ -246,9 +249,20 @@ def feedback_ablation_table(name: str = "ablation_f64c5_gain.jsonl") -> str:
         fb = " / ".join(f"{f['operator_norm']:.2f} ({f['operator_norm'] / vth:.2f}, e{f['epoch']})"
                         for f in r.get("feedback_by_epoch", []))
         its = curve[-1].get("train/solver/iters")
-        out.append(f"| {norm} | {bound} | {loss} | {acc} | {fb or '-'} | {'-' if its is None else f'{its:.1f}'} "
+        out.append(f"| {norm} | {bound} | {r['seed']} | {loss} | {acc} | {fb or '-'} | {'-' if its is None else f'{its:.1f}'} "
                    f"| {r['train_images_per_s']:,.0f} | {r['device']} | {r.get('commit') or '-'} |")
+    out += ["", "| normalisation | bound (g init) | final test acc % by seed | mean |", "| --- | --- | --- | --- |"]
+    for (norm, bound), accs in finals.items():
+        out.append(f"| {norm} | {bound} | {' / '.join(_pct(a) for a in accs)} | {_pct(sum(accs) / len(accs))} |")
     return "\n".join(out) + "\n"
+
+
+def _arm(r: Dict) -> tuple:
+    """A feedback ablation row's arm: its normalisation and its bound (g init)."""
+    m = r["model"]
+    sig = m.get("sigma_of", "operator")
+    norm = {"kernel": "kernel (reference)", "fourier": "Fourier bound"}.get(sig, "operator (power iteration)")
+    return norm, f"{m.get('fb_norm_range', 1.0):g} ({m.get('fb_gain_init', 0.9):g})"
 
 
 def results_markdown() -> str:
@@ -259,7 +273,7 @@ def results_markdown() -> str:
             + train_table("ablation_f64c5_sigma.jsonl", published=False)
             + "\n**CPU proxy: the F64C5 feedback's normalisation and bound** "
             "(`benchmarks/results/ablation_f64c5_gain.jsonl`; configs/ide_f64c5_mnist_lif.yaml shortened to the first "
-            "20,000 MNIST training images, 4 epochs, x0.1 at 3, full 10,000-image test set; seed 0; runs "
+            "20,000 MNIST training images, 4 epochs, x0.1 at 3, full 10,000-image test set; runs "
             "sharing two CPU cores, so img/s compares nothing; true norms measured on the kept checkpoints by `benchmarks/feedback_norm.py`)\n\n"
             + feedback_ablation_table()
             + "\n**Ablation: inner BatchNorm statistics of AlexNet-F in the IDE map** "

@@ -1,0 +1,63 @@
+"""The benchmark helpers that decide what a GPU call runs and how its rows are labelled."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _module(name: str):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def _probe(tmp_path, name, ips, wall, train_time, epochs=2, train_size=60000, **extra):
+    row = {"train_images_per_s": ips, "wall_s": wall, "train_time_total_s": train_time, "epochs": epochs,
+           "train_size": train_size, **extra}
+    (tmp_path / f"train_{name}.jsonl").write_text(json.dumps(row) + "\n")
+
+
+def test_size_epochs_fits_the_slowest_arm(tmp_path):
+    tb = _module("train_bench")
+    # arm a: 60000 / 6000 = 10 s of training + (14 - 4) / 2 = 5 s outside it = 15 s an epoch;
+    # arm b: 60000 / 3000 = 20 s + 2 s = 22 s an epoch, the slower: int(0.85 * 500 / 22) = 19
+    _probe(tmp_path, "a", 6000.0, 14.0, 4.0)
+    _probe(tmp_path, "b", 3000.0, 10.0, 6.0)
+    assert tb.size_epochs(str(tmp_path), 500, 100) == 19
+    assert tb.size_epochs(str(tmp_path), 500, 10) == 10          # never past the recipe
+    assert tb.size_epochs(str(tmp_path), 1, 100) == 1            # at least one epoch
+
+
+def test_size_epochs_refuses_a_failed_or_missing_probe(tmp_path):
+    tb = _module("train_bench")
+    with pytest.raises(RuntimeError, match="no complete probe rows"):
+        tb.size_epochs(str(tmp_path), 500, 100)
+    _probe(tmp_path, "a", 6000.0, 14.0, 4.0)
+    (tmp_path / "train_b.jsonl").write_text(json.dumps({"failed": "diverged"}) + "\n")
+    with pytest.raises(RuntimeError, match="no complete probe rows"):
+        tb.size_epochs(str(tmp_path), 500, 100)
+
+
+def test_a_shortened_schedule_is_labelled_against_the_recipe(monkeypatch):
+    tb, tables = _module("train_bench"), _module("tables")
+    assert tb.recipe_epochs("configs/ide_f64c5_mnist_lif.yaml") == 100
+    assert tb.recipe_epochs("configs/no_such_config.yaml") is None
+    base = {"config": "configs/ide_f64c5_mnist_lif.yaml", "overrides": ["train.epochs=40"], "data": "mnist",
+            "model": {"time_steps": 30}, "rule": {"name": "ide"}, "seed": 0, "test_acc": 0.99,
+            "best_test_acc": 0.99, "train_images_per_s": 1.0, "device": "cpu", "commit": "x"}
+    rows = [dict(base, epochs=40, planned_epochs=40, shortened=False, recipe_epochs=100),
+            dict(base, epochs=100, planned_epochs=100, shortened=False, recipe_epochs=100, seed=1)]
+    monkeypatch.setattr(tables, "_rows", lambda name: rows)
+    lines = tables.train_table().splitlines()[2:]
+    assert "| 40 (schedule shortened from the recipe's 100) |" in lines[0]
+    assert "| 100 |" in lines[1] and "shortened" not in lines[1]
