@@ -350,6 +350,20 @@ def test_fourier_sigma_never_lets_the_operator_exceed_the_gain(make, in_shape):
     assert op.weight_v.grad.abs().sum() > 0 and op.g.grad is not None
 
 
+@pytest.mark.parametrize("name,kw", [
+    ("f64c5", dict(in_shape=[1, 8, 8], channels=3)),
+    ("alexnet_f", dict(in_shape=[3, 8, 8], channels=[3, 4, 4, 3, 2], num_classes=3)),
+])
+def test_models_take_sigma_of_for_their_conv_feedback(name, kw):
+    torch.manual_seed(0)
+    m = create_model(name, sigma_of="fourier", fb_norm_range=1.8, fb_gain_init=1.5, **kw).double()
+    assert m.feedback.sigma_of == "fourier"
+    true = operator_norm(m.feedback, m.feedback.weight().detach())
+    assert 0.5 * 1.5 < true <= 1.5 * (1 + 1e-9)  # the gain bounds the true operator, exactly
+    with pytest.raises(ValueError, match="convolutional feedback"):
+        create_model("f400", sigma_of="fourier")
+
+
 def test_fourier_bound_is_the_norm_of_the_circular_convolution():
     torch.manual_seed(0)
     w = torch.randn(3, 2, 3, 3, dtype=torch.float64)

@@ -66,6 +66,11 @@ class FeedbackSNNConfig:
     fb_gain_init: float = 0.9
     fb_norm_range: float = 1.0
     power_iters: int = 1
+    #: how sigma(V) is taken for a convolutional feedback (a linear one always uses its own norm):
+    #: 'operator': of the convolution operator, by power iteration (default); 'fourier': the exact
+    #: upper bound from the kernel's Fourier symbol (never exceeded, no power-iteration lag);
+    #: 'kernel': of the reshaped kernel, as the reference does (for ablations; does not bound W)
+    sigma_of: Literal["operator", "kernel", "fourier"] = "operator"
     #: surrogate spike derivative used when the network is trained by ``bptt`` instead of ``ide``
     surrogate: str = "atan"
 
@@ -82,10 +87,6 @@ class F64C5Config(FeedbackSNNConfig):
     kernel: int = 5
     stride: int = 2
     padding: int = 2
-    #: 'operator': sigma of the convolution operator by power iteration (default); 'fourier': the
-    #: exact upper bound from the kernel's Fourier symbol (never exceeded, no power-iteration lag);
-    #: 'kernel': of the reshaped kernel, as the reference does (for ablations; does not bound W)
-    sigma_of: Literal["operator", "kernel", "fourier"] = "operator"
 
 
 @dataclass
@@ -301,6 +302,9 @@ def _with_surrogate(model: nn.Module, c) -> nn.Module:
 
 @MODELS.register("f400", F400Config, "IDE F400: FC 784->400 +BN, feedback FC 400->400 (spectral norm), readout")
 def f400(c: F400Config) -> nn.Module:
+    if c.sigma_of != "operator":
+        raise ValueError(f"f400: sigma_of={c.sigma_of!r} applies to convolutional feedback; F400's feedback is "
+                         "linear, its kernel is its operator and its norm is taken exactly: leave sigma_of unset")
     n_in = 1
     for d in c.in_shape:
         n_in *= d
@@ -386,7 +390,7 @@ class MultiLayerFeedbackSNN(nn.Module):
         fb = nn.ConvTranspose2d(C[4], C[0], 3, 2, 1, output_padding=1, bias=False)
         _reference_init(fb)
         self.feedback = SpectralNormOperator(fb, shapes[4], g_init=c.fb_gain_init, norm_range=c.fb_norm_range,
-                                             power_iters=c.power_iters)
+                                             power_iters=c.power_iters, sigma_of=c.sigma_of)
         if self.feedback.out_shape != shapes[0]:
             raise ValueError(f"feedback output {self.feedback.out_shape} does not match layer 1 {shapes[0]}")
         self.classifier = nn.Linear(C[4] * shapes[4][1] * shapes[4][2], c.num_classes)
