@@ -4,7 +4,7 @@
 # the call, then every run recorded (a run the time limit stopped is recorded as shortened).
 #   benchmarks/run_f64c5_gpu.sh DATA RUNS OUT [SECONDS]
 # As one device call: here `mkdir -p .data/gpu && cp -r ../shared/data/mnist .data/gpu/`, then run
-# `benchmarks/run_f64c5_gpu.sh .data/gpu /tmp/runs $OUT 520` with carry [".data/gpu"], timeout 600.
+# `benchmarks/run_f64c5_gpu.sh .data/gpu /tmp/runs $OUT 500` with carry [".data/gpu"], timeout 600.
 # DATA: a folder with mnist/ (IDX files); RUNS: scratch folder for the runs; OUT: where train.jsonl,
 # runs.tgz and the feedback strength of each run's checkpoints (feedback.jsonl) are written;
 # SECONDS (default 480): how long the call may train (probe included) before the runs are stopped
