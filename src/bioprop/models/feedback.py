@@ -66,7 +66,7 @@ class FeedbackSNNConfig:
     fb_gain_init: float = 0.9
     fb_norm_range: float = 1.0
     power_iters: int = 1
-    #: how sigma(V) is taken for a convolutional feedback (a linear one always uses its own norm):
+    #: how sigma(V) is taken for a convolutional feedback (a linear one: power iteration on its matrix):
     #: 'operator': of the convolution operator, by power iteration (default); 'fourier': the exact
     #: upper bound from the kernel's Fourier symbol (never exceeded, no power-iteration lag);
     #: 'kernel': of the reshaped kernel, as the reference does (for ablations; does not bound W)
@@ -304,7 +304,8 @@ def _with_surrogate(model: nn.Module, c) -> nn.Module:
 def f400(c: F400Config) -> nn.Module:
     if c.sigma_of != "operator":
         raise ValueError(f"f400: sigma_of={c.sigma_of!r} applies to convolutional feedback; F400's feedback is "
-                         "linear, its kernel is its operator and its norm is taken exactly: leave sigma_of unset")
+                         "linear (its kernel is its operator, and its sigma is the power iteration's on that "
+                         "matrix): leave sigma_of unset")
     n_in = 1
     for d in c.in_shape:
         n_in *= d
