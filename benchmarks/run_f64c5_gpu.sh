@@ -36,26 +36,25 @@ if [ -n "${SMOKE:-}" ]; then
 fi
 E=${E:-auto}
 IFS=';' read -r -a ARMLIST <<< "$ARMS"
-if [ "$E" = auto ]; then
+# launch_arms DIR PREFIX OVERRIDE...: every arm, detached, as DIR/PREFIX<arm name>, recorded in NAMES
+launch_arms() {
+  local dir=$1 prefix=$2 arm; shift 2; NAMES=()
   for arm in "${ARMLIST[@]}"; do
     read -r -a A <<< "$arm"
-    benchmarks/detached.sh launch "$RUNS/probe" "probe_${A[0]}" configs/ide_f64c5_mnist_lif.yaml "$SRC/mnist" \
-      "${FASTOPT[@]}" train.epochs=2 train.max_steps_per_epoch=50 train.keep_checkpoints=1 "${A[@]:1}" "${SMALL[@]}"
+    NAMES+=("$prefix${A[0]}")
+    benchmarks/detached.sh launch "$dir" "${NAMES[-1]}" configs/ide_f64c5_mnist_lif.yaml "$SRC/mnist" \
+      "${FASTOPT[@]}" "$@" "${A[@]:1}" "${SMALL[@]}"
   done
+}
+if [ "$E" = auto ]; then
+  launch_arms "$RUNS/probe" probe_ train.epochs=2 train.max_steps_per_epoch=50 train.keep_checkpoints=1
   benchmarks/detached.sh wait "$RUNS/probe" "$LIMIT" > /dev/null
   E=$(python benchmarks/train_bench.py --size-epochs "$RUNS/probe" --seconds $((LIMIT - SECONDS)) --max-epochs 100)
   [ -n "$E" ] || { echo "probe failed: see $RUNS/probe/log_*.txt" >&2; cat "$RUNS"/probe/log_*.txt >&2; exit 1; }
   echo "E=auto: $E epochs fit the $((LIMIT - SECONDS)) s left"
 fi
 ms() { local v=$(($1 * E / 10)); echo $((v < 1 ? 1 : v)); }  # a milestone at epoch 0 would cut the lr at once
-MS="[$(ms 3),$(ms 6),$(ms 9)]"
-NAMES=()
-for arm in "${ARMLIST[@]}"; do
-  read -r -a A <<< "$arm"
-  NAMES+=("ide_f64c5_${A[0]}")
-  benchmarks/detached.sh launch "$RUNS" "${NAMES[-1]}" configs/ide_f64c5_mnist_lif.yaml "$SRC/mnist" \
-    "${FASTOPT[@]}" train.epochs=$E "schedule.milestones=$MS" "${A[@]:1}" "${SMALL[@]}"
-done
+launch_arms "$RUNS" ide_f64c5_ train.epochs=$E "schedule.milestones=[$(ms 3),$(ms 6),$(ms 9)]"
 benchmarks/detached.sh wait "$RUNS" $((LIMIT - SECONDS))
 benchmarks/detached.sh finish "$RUNS" "$OUT"
 DIRS=()

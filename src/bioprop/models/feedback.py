@@ -53,8 +53,9 @@ class FeedbackSNNConfig:
     """Fields shared by the feedback SNNs: neurons (IF/LIF, leak, threshold Vth), T, dropout
     (one mask for all steps), and the feedback weight's spectral norm: gain ``g`` starts at
     ``fb_gain_init`` and is clamped to ``fb_norm_range`` (``||W|| <= r``: the reference's 1; any
-    ``r`` below the threshold keeps the equilibrium map contractive: exactly under F64C5's
-    ``sigma_of='fourier'``, up to the lag of the power iteration otherwise; ``r >= Vth`` warns)."""
+    ``r`` below the threshold keeps the equilibrium map contractive: exactly under
+    ``sigma_of='fourier'`` (convolutional feedback), up to the lag of the power iteration
+    otherwise; ``r >= Vth`` warns)."""
 
     in_shape: Tuple[int, ...] = (1, 28, 28)
     num_classes: int = 10
