@@ -175,16 +175,27 @@ class Registry(Generic[T]):
     def __init__(self, kind: str):
         self.kind = kind
         self._entries: Dict[str, Tuple[Callable[[Any], T], type, str]] = {}
+        self._returns: Dict[str, type] = {}
 
-    def register(self, name: str, config_cls: type, help: str = "") -> Callable[[Callable[[Any], T]], Callable[[Any], T]]:
+    def register(self, name: str, config_cls: type, help: str = "", returns: Optional[type] = None
+                 ) -> Callable[[Callable[[Any], T]], Callable[[Any], T]]:
+        """Decorate a builder. ``returns``: the class the builder returns (lets tools ask which
+        entries offer a protocol without building them)."""
         def deco(fn: Callable[[Any], T]) -> Callable[[Any], T]:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             doc = help or ((fn.__doc__ or "").strip().splitlines() or [""])[0]
             self._entries[name] = (fn, config_cls, doc)
+            if returns is not None:
+                self._returns[name] = returns
             return fn
 
         return deco
+
+    def returns(self, name: str) -> Optional[type]:
+        """The class entry ``name`` declares it builds (``None`` if undeclared)."""
+        self._lookup(name)
+        return self._returns.get(name)
 
     def names(self) -> List[str]:
         return sorted(self._entries)

@@ -1,7 +1,9 @@
 """Model registry (``create_model``) and the architectures of the papers bioprop reproduces."""
 
 from . import feedback, feedforward, resnet, tssl_nets  # noqa: F401  (register the models)
-from .base import MODELS, Edge, SpikeRecord, blocks_of, conv_out, count_parameters, create_model
+from .base import MODELS, Edge, SpikeRecord, conv_out, count_parameters, create_model
+from .protocols import (BlockModel, EquilibriumModel, EquilibriumState, FeedbackDiagnostics, GraphModel, ProtocolError,
+                        PSPModel, SpikingModel, StatisticsModel, blocks_of, models_satisfying, require, satisfies)
 from .feedforward import FeedforwardNet, SpikingFeedforwardNet
 
 __all__ = [
@@ -12,6 +14,18 @@ __all__ = [
     "conv_out",
     "count_parameters",
     "create_model",
+    "BlockModel",
+    "EquilibriumModel",
+    "EquilibriumState",
+    "FeedbackDiagnostics",
+    "GraphModel",
+    "ProtocolError",
+    "PSPModel",
+    "SpikingModel",
+    "StatisticsModel",
+    "models_satisfying",
+    "require",
+    "satisfies",
     "FeedforwardNet",
     "SpikingFeedforwardNet",
 ]

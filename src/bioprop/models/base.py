@@ -1,9 +1,6 @@
-"""Model registry and the facts a model declares so that no rule has to inspect code.
+"""Model registry and the records models share (spike records, graph edges, shape helpers).
 
-Every model exposes ``blocks()``: its ordered block sequence (predictive coding, EKDAA and EMSTDP
-walk it). A spiking model additionally has ``is_spiking = True``, ``time_steps``, its neuron
-parameters ``neuron``, ``graph()`` (the connection graph, feedback edges included, as NIR export
-writes it) and ``run(x) -> (logits, record)`` where ``record`` holds per-layer spike counts.
+What a model offers each rule is declared by the protocols of :mod:`.protocols`.
 """
 
 from __future__ import annotations
@@ -109,12 +106,3 @@ def check_input(x: torch.Tensor, shape: Tuple[int, ...], model: str, allow_time:
         return True
     exp = f"[B, {', '.join(map(str, shape))}]" + (f" or [T, B, {', '.join(map(str, shape))}]" if allow_time else "")
     raise ValueError(f"{model}: input of shape {list(x.shape)} does not match the expected {exp}")
-
-
-def blocks_of(model: nn.Module) -> List[nn.Module]:
-    """The declared block sequence of ``model`` (``model.blocks()``, or the children of a Sequential)."""
-    if hasattr(model, "blocks"):
-        return list(model.blocks())
-    if isinstance(model, nn.Sequential):
-        return list(model)
-    raise TypeError(f"{type(model).__name__} declares no block sequence (define blocks())")

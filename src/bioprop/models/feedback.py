@@ -118,7 +118,8 @@ def _reference_init(layer: nn.Module) -> None:
 class FeedbackSNN(nn.Module):
     """One feedback population: encoder ``F`` + BN, feedback ``W`` (delay 1), linear readout."""
 
-    is_spiking = True
+    in_shape: Tuple[int, ...]
+    time_steps: int
 
     def __init__(self, encoder: nn.Module, feedback: SpectralNormOperator, num_classes: int,
                  in_shape: Tuple[int, ...], neuron: NeuronParams, time_steps: int, dropout: float):
@@ -142,9 +143,6 @@ class FeedbackSNN(nn.Module):
         self.surrogate = "atan"
 
     # -- declared structure -----------------------------------------------------------------
-    def blocks(self) -> List[nn.Module]:
-        return [nn.Sequential(self.encoder, self.bn), self.feedback, self.classifier]
-
     def graph(self) -> List[Edge]:
         return [Edge("input", "lif1", "encoder"), Edge("lif1", "lif1", "feedback", delay=1, feedback=True),
                 Edge("lif1", "output", "classifier")]
@@ -301,7 +299,7 @@ def _with_surrogate(model: nn.Module, c) -> nn.Module:
     return model
 
 
-@MODELS.register("f400", F400Config, "IDE F400: FC 784->400 +BN, feedback FC 400->400 (spectral norm), readout")
+@MODELS.register("f400", F400Config, "IDE F400: FC 784->400 +BN, feedback FC 400->400 (spectral norm), readout", returns=FeedbackSNN)
 def f400(c: F400Config) -> nn.Module:
     if c.sigma_of != "operator":
         raise ValueError(f"f400: sigma_of={c.sigma_of!r} applies to convolutional feedback; F400's feedback is "
@@ -320,7 +318,7 @@ def f400(c: F400Config) -> nn.Module:
 
 
 @MODELS.register("f64c5", F64C5Config,
-                 "IDE F64C5: conv 64 k5 s2 +BN, feedback conv 64->64 k5 (spectral norm of the operator), readout")
+                 "IDE F64C5: conv 64 k5 s2 +BN, feedback conv 64->64 k5 (spectral norm of the operator), readout", returns=FeedbackSNN)
 def f64c5(c: F64C5Config) -> nn.Module:
     ch, h, w = c.in_shape
     enc = nn.Conv2d(ch, c.channels, c.kernel, stride=c.stride, padding=c.padding)
@@ -369,7 +367,8 @@ class MultiLayerFeedbackSNN(nn.Module):
     simulated rates after each step (the reference updates them from the map's train-mode pass).
     """
 
-    is_spiking = True
+    in_shape: Tuple[int, ...]
+    time_steps: int
 
     def __init__(self, c: MultiLayerFeedbackConfig):
         super().__init__()
@@ -402,10 +401,6 @@ class MultiLayerFeedbackSNN(nn.Module):
         self.hidden_shape = shapes[4]
         self.surrogate = c.surrogate
         self.inner_bn = c.inner_bn
-
-    def blocks(self) -> List[nn.Module]:
-        return [nn.Sequential(self.encoder, self.bn), *[nn.Sequential(cv, b) for cv, b in zip(self.convs, self.bns)],
-                self.feedback, self.classifier]
 
     def graph(self) -> List[Edge]:
         e = [Edge("input", "lif1", "encoder")]
@@ -535,7 +530,7 @@ class MultiLayerFeedbackSNN(nn.Module):
 
 
 @MODELS.register("alexnet_f", MultiLayerFeedbackConfig,
-                 "IDE AlexNet-F: conv 96 s2 + 4 conv layers (BN), transposed-conv feedback 256->96 (delay 1)")
+                 "IDE AlexNet-F: conv 96 s2 + 4 conv layers (BN), transposed-conv feedback 256->96 (delay 1)", returns=MultiLayerFeedbackSNN)
 def alexnet_f(c: MultiLayerFeedbackConfig) -> nn.Module:
     return MultiLayerFeedbackSNN(c)
 
@@ -545,6 +540,6 @@ class CIFARNetFConfig(MultiLayerFeedbackConfig):
     channels: Tuple[int, int, int, int, int] = (128, 256, 512, 1024, 512)
 
 
-@MODELS.register("cifarnet_f", CIFARNetFConfig, "IDE CIFARNet-F: AlexNet-F topology with 128/256/512/1024/512 channels")
+@MODELS.register("cifarnet_f", CIFARNetFConfig, "IDE CIFARNet-F: AlexNet-F topology with 128/256/512/1024/512 channels", returns=MultiLayerFeedbackSNN)
 def cifarnet_f(c: CIFARNetFConfig) -> nn.Module:
     return MultiLayerFeedbackSNN(c)

@@ -132,7 +132,6 @@ def _convnet_blocks(c: ConvNetConfig) -> List[nn.Module]:
 class FeedforwardNet(nn.Module):
     """ANN: ``block_1 -> ReLU -> ... -> block_L`` (the last block is the readout)."""
 
-    is_spiking = False
 
     def __init__(self, blocks: Sequence[nn.Module], in_shape: Tuple[int, ...]):
         super().__init__()
@@ -160,7 +159,8 @@ class SpikingFeedforwardNet(nn.Module):
     Dropout, where configured, uses one mask for all time steps.
     """
 
-    is_spiking = True
+    in_shape: Tuple[int, ...]
+    time_steps: int
 
     def __init__(self, blocks: Sequence[nn.Module], in_shape: Tuple[int, ...], time_steps: int,
                  neuron: NeuronParams, surrogate: str = "atan", alpha: Optional[float] = None):
@@ -174,9 +174,6 @@ class SpikingFeedforwardNet(nn.Module):
         self.surrogate = surrogate
         self.alpha = alpha
         self.spike = spike_fn(surrogate, alpha)
-
-    def blocks(self) -> List[nn.Module]:
-        return list(self.layers)
 
     def layer_names(self) -> List[str]:
         return [f"lif{i + 1}" for i in range(len(self.layers) - 1)]
@@ -260,22 +257,22 @@ def _spiking(blocks: List[nn.Module], c) -> SpikingFeedforwardNet:
     )
 
 
-@MODELS.register("mlp", MLPConfig, "MLP with ReLU (default 784-800-800-10)")
+@MODELS.register("mlp", MLPConfig, "MLP with ReLU (default 784-800-800-10)", returns=FeedforwardNet)
 def mlp(c: MLPConfig) -> nn.Module:
     return FeedforwardNet(_mlp_blocks(c), c.in_shape)
 
 
-@MODELS.register("convnet", ConvNetConfig, "convnet with ReLU: [conv3-BN-ReLU-pool2] x 2, FC 256, readout")
+@MODELS.register("convnet", ConvNetConfig, "convnet with ReLU: [conv3-BN-ReLU-pool2] x 2, FC 256, readout", returns=FeedforwardNet)
 def convnet(c: ConvNetConfig) -> nn.Module:
     return FeedforwardNet(_convnet_blocks(c), c.in_shape)
 
 
-@MODELS.register("spiking_mlp", SpikingMLPConfig, "MLP of LIF/IF neurons (direct input encoding)")
+@MODELS.register("spiking_mlp", SpikingMLPConfig, "MLP of LIF/IF neurons (direct input encoding)", returns=SpikingFeedforwardNet)
 def spiking_mlp(c: SpikingMLPConfig) -> nn.Module:
     return _spiking(_mlp_blocks(c), c)
 
 
-@MODELS.register("spiking_convnet", SpikingConvNetConfig, "convnet of LIF/IF neurons: [conv3-BN-LIF-pool2] x 2, FC 256-LIF, readout")
+@MODELS.register("spiking_convnet", SpikingConvNetConfig, "convnet of LIF/IF neurons: [conv3-BN-LIF-pool2] x 2, FC 256-LIF, readout", returns=SpikingFeedforwardNet)
 def spiking_convnet(c: SpikingConvNetConfig) -> nn.Module:
     return _spiking(_convnet_blocks(c), c)
 
@@ -289,7 +286,6 @@ class PCCNNConfig:
 class BlockSequence(nn.Sequential):
     """An ``nn.Sequential`` whose children are the declared blocks, with an input-shape check."""
 
-    is_spiking = False
 
     def __init__(self, blocks: Sequence[nn.Module], in_shape: Tuple[int, ...]):
         super().__init__(*blocks)
@@ -304,7 +300,7 @@ class BlockSequence(nn.Sequential):
 
 
 @MODELS.register("pc_cnn", PCCNNConfig,
-                 "Rosenbaum's 5-block MNIST CNN: conv3 10-ReLU-pool2 | conv3 5-ReLU | FC 50 | FC 30 | FC 10")
+                 "Rosenbaum's 5-block MNIST CNN: conv3 10-ReLU-pool2 | conv3 5-ReLU | FC 50 | FC 30 | FC 10", returns=BlockSequence)
 def pc_cnn(c: PCCNNConfig) -> nn.Module:
     ch, h, w = c.in_shape
     h1, w1 = conv_out(h, 3) // 2, conv_out(w, 3) // 2

@@ -56,7 +56,6 @@ class ResNetConfig:
 
 
 class ResNet(nn.Module):
-    is_spiking = False
 
     def __init__(self, stem: nn.Module, stages: List[nn.Module], width: int, num_classes: int,
                  in_shape: Tuple[int, ...]):
@@ -83,7 +82,7 @@ def _stages(widths, depths, first_width, shortcut) -> List[nn.Module]:
     return blocks
 
 
-@MODELS.register("resnet20", ResNetConfig, "ResNet-20 for CIFAR (He et al. 2016; option-A shortcuts, 0.27M params)")
+@MODELS.register("resnet20", ResNetConfig, "ResNet-20 for CIFAR (He et al. 2016; option-A shortcuts, 0.27M params)", returns=ResNet)
 def resnet20(c: ResNetConfig) -> nn.Module:
     stem = nn.Sequential(nn.Conv2d(c.in_shape[0], 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
     return ResNet(stem, _stages([16, 32, 64], [3, 3, 3], 16, "A"), 64, c.num_classes, c.in_shape)
@@ -94,7 +93,7 @@ class ResNet18Config(ResNetConfig):
     cifar_stem: bool = True
 
 
-@MODELS.register("resnet18", ResNet18Config, "ResNet-18 (1x1 projection shortcuts; CIFAR stem by default)")
+@MODELS.register("resnet18", ResNet18Config, "ResNet-18 (1x1 projection shortcuts; CIFAR stem by default)", returns=ResNet)
 def resnet18(c: ResNet18Config) -> nn.Module:
     if c.cifar_stem:
         stem = nn.Sequential(nn.Conv2d(c.in_shape[0], 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU())

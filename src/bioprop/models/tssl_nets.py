@@ -42,13 +42,15 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Callable, List, NamedTuple, Optional, Tuple
+from typing import List, Tuple
 
 import torch
 from torch import nn
 
 from ..metrics import synaptic_operations
 from ..neurons import NeuronParams, spike_fn
+from ..neurons.psp import (Neuron, TSSLState, TSSLTrace, lif_psp_multistep, lif_psp_step, psp_filter,  # noqa: F401
+                           psp_kernel, strict_heaviside)
 from .base import MODELS, Edge, SpikeRecord, check_input, conv_out
 
 __all__ = [
@@ -66,87 +68,6 @@ __all__ = [
     "strict_heaviside",
     "build_blocks",
 ]
-
-SpikeFn = Callable[[torch.Tensor], torch.Tensor]
-#: a neuron layer: input currents ``[T, B, ...]`` -> (PSPs, spikes), both ``[T, B, ...]``
-Neuron = Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
-
-
-def strict_heaviside(x: torch.Tensor) -> torch.Tensor:
-    """H(x) = 1 for x > 0, else 0 (the reference fires when ``u > theta``, not at equality)."""
-    return (x > 0).to(x.dtype)
-
-
-class TSSLState(NamedTuple):
-    """State carried between steps: membrane after reset ``r`` and PSP ``a``."""
-
-    r: torch.Tensor
-    a: torch.Tensor
-
-
-class TSSLTrace(NamedTuple):
-    """A simulated layer, all ``[T, ...]``: membrane before reset ``u``, its jump ``du``, spikes
-    ``s`` and PSPs ``a``."""
-
-    u: torch.Tensor
-    du: torch.Tensor
-    s: torch.Tensor
-    a: torch.Tensor
-
-
-def lif_psp_step(current: torch.Tensor, state: Optional[TSSLState], tau_m: float, tau_s: float,
-                 threshold: float = 1.0, spike: SpikeFn = strict_heaviside
-                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, TSSLState]:
-    """One step of the LIF neuron with synaptic response (equations in the module docstring).
-
-    ``state`` is ``None`` at ``t = 0`` (zeros). Returns ``(s, u, du, new_state)`` with ``u`` the
-    membrane before the reset and ``du = u - r_prev`` its jump.
-    """
-    if state is None:
-        du = current
-        u = current
-        a_prev: Optional[torch.Tensor] = None
-    else:
-        du = current - state.r / tau_m
-        u = state.r + du
-        a_prev = state.a
-    s = spike(u - threshold)
-    r = u * (1 - s)
-    a = s / tau_s if a_prev is None else (1 - 1 / tau_s) * a_prev + s / tau_s
-    return s, u, du, TSSLState(r, a)
-
-
-def lif_psp_multistep(current: torch.Tensor, tau_m: float, tau_s: float, threshold: float = 1.0,
-                      spike: SpikeFn = strict_heaviside) -> TSSLTrace:
-    """Run :func:`lif_psp_step` over ``current[T, ...]``; return the stacked :class:`TSSLTrace`."""
-    us, dus, ss, as_ = [], [], [], []
-    state: Optional[TSSLState] = None
-    for t in range(current.shape[0]):
-        s, u, du, state = lif_psp_step(current[t], state, tau_m, tau_s, threshold, spike)
-        us.append(u)
-        dus.append(du)
-        ss.append(s)
-        as_.append(state.a)
-    return TSSLTrace(torch.stack(us), torch.stack(dus), torch.stack(ss), torch.stack(as_))
-
-
-def psp_kernel(steps: int, tau_s: float, dtype: torch.dtype = torch.float32,
-               device: Optional[torch.device] = None) -> torch.Tensor:
-    """``eps[k] = (1 - 1/tau_s)^k / tau_s`` for ``k = 0 .. steps-1``: the PSP of one spike at k = 0."""
-    k = torch.arange(steps, dtype=dtype, device=device)
-    return (1 - 1 / tau_s) ** k / tau_s
-
-
-def psp_filter(x: torch.Tensor, tau_s: float) -> torch.Tensor:
-    """``a[t] = (1 - 1/tau_s) a[t-1] + x[t] / tau_s`` along the time axis 0 of ``x[T, ...]``,
-    i.e. ``a[t] = sum_{k<=t} eps[t-k] x[k]`` (a lower-triangular Toeplitz product)."""
-    T = x.shape[0]
-    eps = psp_kernel(T, tau_s, x.dtype, x.device)
-    lag = torch.arange(T, device=x.device)
-    d = lag[:, None] - lag[None, :]
-    kmat = torch.where(d >= 0, eps[d.clamp(min=0)], torch.zeros((), dtype=x.dtype, device=x.device))
-    return (kmat @ x.reshape(T, -1)).reshape(x.shape)
-
 
 class SumPool2d(nn.Module):
     """``scale`` times the sum over each ``kernel x kernel`` window (stride ``kernel``)."""
@@ -256,7 +177,11 @@ class TSSLNet(nn.Module):
     given neuron function and returns the output PSPs ``[T, B, num_classes]``.
     """
 
-    is_spiking = True
+    in_shape: Tuple[int, ...]
+    time_steps: int
+    tau_m: float
+    tau_s: float
+    threshold: float
 
     def __init__(self, blocks: List[nn.Module], in_shape: Tuple[int, ...], time_steps: int = 5,
                  tau_m: float = 5.0, tau_s: float = 3.0, threshold: float = 1.0,
@@ -281,9 +206,6 @@ class TSSLNet(nn.Module):
         self.threshold = float(threshold)
         self.surrogate_width = float(surrogate_width)
         self.neuron = NeuronParams(threshold=threshold, leak=1 - 1 / tau_m, reset="zero")
-
-    def blocks(self) -> List[nn.Module]:
-        return list(self.layers)
 
     def weight_layers(self) -> List[nn.Module]:
         """The Conv2d / Linear layer of every block, in order."""
@@ -422,28 +344,28 @@ def tssl_net(c: TSSLNetConfig) -> TSSLNet:
     return model
 
 
-@MODELS.register("tssl_mnist_cnn", TSSLMnistCNNConfig, "TSSL-BP MNIST net 15C5-P2-40C5-P2-300-10 (LIF + PSP, T=5)")
+@MODELS.register("tssl_mnist_cnn", TSSLMnistCNNConfig, "TSSL-BP MNIST net 15C5-P2-40C5-P2-300-10 (LIF + PSP, T=5)", returns=TSSLNet)
 def tssl_mnist_cnn(c: TSSLMnistCNNConfig) -> nn.Module:
     return tssl_net(c)
 
 
-@MODELS.register("tssl_fmnist_mlp", TSSLNetConfig, "TSSL-BP Fashion-MNIST MLP 400-400-10 (LIF + PSP, T=5)")
+@MODELS.register("tssl_fmnist_mlp", TSSLNetConfig, "TSSL-BP Fashion-MNIST MLP 400-400-10 (LIF + PSP, T=5)", returns=TSSLNet)
 def tssl_fmnist_mlp(c: TSSLNetConfig) -> nn.Module:
     return tssl_net(c)
 
 
-@MODELS.register("tssl_fmnist_cnn", TSSLFmnistCNNConfig, "TSSL-BP Fashion-MNIST net 32C5-P2-64C5-P2-1024-10 (LIF + PSP, T=5)")
+@MODELS.register("tssl_fmnist_cnn", TSSLFmnistCNNConfig, "TSSL-BP Fashion-MNIST net 32C5-P2-64C5-P2-1024-10 (LIF + PSP, T=5)", returns=TSSLNet)
 def tssl_fmnist_cnn(c: TSSLFmnistCNNConfig) -> nn.Module:
     return tssl_net(c)
 
 
 @MODELS.register("tssl_cifar10_cnn", TSSLCifar10CNNConfig,
-                 "TSSL-BP CIFAR-10 net 96C3-256C3-P2-384C3-P2-384C3-256C3-1024-1024-10 (PSP dropout 0.2)")
+                 "TSSL-BP CIFAR-10 net 96C3-256C3-P2-384C3-P2-384C3-256C3-1024-1024-10 (PSP dropout 0.2)", returns=TSSLNet)
 def tssl_cifar10_cnn(c: TSSLCifar10CNNConfig) -> nn.Module:
     return tssl_net(c)
 
 
 @MODELS.register("tssl_cifar10_large", TSSLCifar10LargeConfig,
-                 "TSSL-BP CIFAR-10 net 128C3-256C3-P2-512C3-P2-1024C3-512C3-1024-512-10 (PSP dropout 0.2)")
+                 "TSSL-BP CIFAR-10 net 128C3-256C3-P2-512C3-P2-1024C3-512C3-1024-512-10 (PSP dropout 0.2)", returns=TSSLNet)
 def tssl_cifar10_large(c: TSSLCifar10LargeConfig) -> nn.Module:
     return tssl_net(c)

@@ -1,5 +1,7 @@
-"""Functional spiking neurons: step functions over explicit state, surrogate spike functions,
-and (weighted) firing-rate accumulators. Uses nothing else of bioprop."""
+"""Every neuron model of bioprop, functional: (L)IF step functions over explicit state, TSSL-BP's
+LIF with synaptic response (:mod:`.psp`), surrogate spike functions, (weighted) firing-rate
+accumulators and their fused fast path with its options (:mod:`.fastsim`). Uses nothing else of
+bioprop."""
 
 from .lif import (
     FusedRatePopulation,
@@ -13,6 +15,8 @@ from .lif import (
     rate_update,
     rate_value,
 )
+from .fastsim import SimOptions
+from .psp import Neuron, TSSLState, TSSLTrace, lif_psp_multistep, lif_psp_step, psp_filter, psp_kernel, strict_heaviside
 from .surrogate import SURROGATES, heaviside, relaxed, spike_fn, surrogate_derivative
 
 __all__ = [
@@ -26,6 +30,15 @@ __all__ = [
     "rate_init",
     "rate_update",
     "rate_value",
+    "SimOptions",
+    "Neuron",
+    "TSSLState",
+    "TSSLTrace",
+    "lif_psp_step",
+    "lif_psp_multistep",
+    "psp_filter",
+    "psp_kernel",
+    "strict_heaviside",
     "SURROGATES",
     "heaviside",
     "relaxed",

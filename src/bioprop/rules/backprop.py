@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..models.protocols import SpikingModel
 from .base import RULES, LossFn, Rule, StepOutput
 
 __all__ = ["Backprop", "BPTT", "BPConfig", "BPTTConfig"]
@@ -51,7 +52,7 @@ class BPTT(Rule):
     """Surrogate-gradient backpropagation through time of a spiking model's ``run``."""
 
     name = "bptt"
-    requires_spiking = True
+    protocol = SpikingModel
 
     def prepare(self, model: nn.Module) -> nn.Module:
         model = super().prepare(model)

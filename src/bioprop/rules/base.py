@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..config import Registry
+from ..models.protocols import require
 
 __all__ = ["Rule", "StepOutput", "RULES", "create_rule", "LossFn"]
 
@@ -46,8 +47,9 @@ class Rule:
     """Base class of all rules. Subclasses set ``name`` and override ``step`` (and maybe more)."""
 
     name: str = "rule"
-    #: whether the rule needs a spiking model (one with ``run`` and ``time_steps``)
-    requires_spiking: bool = False
+    #: the protocol of :mod:`bioprop.models.protocols` the rule needs of a model (``None``: any
+    #: ``nn.Module``); ``prepare`` checks it once and names what is missing
+    protocol: Optional[type] = None
 
     def __init__(self, config: Any = None):
         self.config = config
@@ -61,11 +63,8 @@ class Rule:
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Prepare ``model`` for this rule (once, after it is on its device). Returns the model."""
-        if self.requires_spiking and not getattr(model, "is_spiking", False):
-            raise TypeError(
-                f"rule {self.name!r} trains spiking models; {type(model).__name__} is not one "
-                "(pick a spiking model, e.g. spiking_mlp or spiking_convnet, or rule 'bp')"
-            )
+        if self.protocol is not None:
+            require(model, self.protocol, f"rule {self.name!r}")
         dev = _model_device(model)
         if self.generator.device != dev:
             state_seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))

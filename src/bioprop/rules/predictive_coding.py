@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from ..metrics import angle_degrees
-from ..models import blocks_of
+from ..models.protocols import BlockModel, blocks_of
 from .base import RULES, LossFn, Rule, StepOutput
 from .graphs import GraphedStep
 
@@ -257,6 +257,7 @@ class PredictiveCoding(Rule):
     """Predictive coding (see the module docstring): ``fixed_pred`` with ``eta = 1``, ``n = L`` is BP."""
 
     name = "pc"
+    protocol = BlockModel
 
     def __init__(self, config: PCConfig):
         super().__init__(config)
@@ -266,11 +267,6 @@ class PredictiveCoding(Rule):
         self._graphed: Optional[GraphedStep] = None
         self._graph_failed = False
         self._vjps = 0
-
-    def prepare(self, model: nn.Module) -> nn.Module:
-        model = super().prepare(model)
-        blocks_of(model)  # raises a clear TypeError if the model declares no block sequence
-        return model
 
     def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         h = x

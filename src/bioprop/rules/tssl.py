@@ -58,8 +58,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models import MODELS
-from ..models.tssl_nets import Neuron, TSSLNet, lif_psp_multistep, psp_filter, psp_kernel
+from ..models.protocols import PSPModel
+from ..neurons.psp import Neuron, lif_psp_multistep, psp_filter, psp_kernel
 from .base import RULES, LossFn, Rule, StepOutput
 from .graphs import GraphedStep
 
@@ -154,7 +154,7 @@ class TSSLFunction(torch.autograd.Function):
         return g.to(ctx.in_dtype), None, None, None, None, None, None
 
 
-def tssl_neuron(model: TSSLNet, c: TSSLConfig) -> Neuron:
+def tssl_neuron(model: PSPModel, c: TSSLConfig) -> Neuron:
     """The neuron function of ``model`` (its time constants and threshold) with TSSL-BP's backward."""
 
     def neuron(current: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -196,10 +196,10 @@ def count_loss(out: torch.Tensor, y: torch.Tensor, desired: float, undesired: fl
 
 
 class TSSLBP(Rule):
-    """TSSL-BP on a :class:`~bioprop.models.tssl_nets.TSSLNet` (models ``tssl_*``)."""
+    """TSSL-BP on a :class:`~bioprop.models.protocols.PSPModel` (models ``tssl_*``)."""
 
     name = "tssl"
-    requires_spiking = True
+    protocol = PSPModel
 
     def __init__(self, config: TSSLConfig):
         super().__init__(config)
@@ -220,23 +220,18 @@ class TSSLBP(Rule):
 
     def prepare(self, model: nn.Module) -> nn.Module:
         model = super().prepare(model)
-        if not isinstance(model, TSSLNet):
-            names = ", ".join(n for n in MODELS.names() if n.startswith("tssl_"))
-            raise TypeError(f"rule 'tssl' trains TSSL-BP networks (LIF neurons passing PSPs: {names}); "
-                            f"got {type(model).__name__}. Pick one of those models, or train this "
-                            "one with rule 'bptt'")
         if self.config.loss == "kernel":
             desired_psp(self.config.desired_train, model.time_steps, model.tau_s)  # tiling check
         return model
 
-    def loss(self, model: TSSLNet, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def loss(self, model: PSPModel, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The configured loss of the output PSPs ``out[T, B, K]``, summed over the batch."""
         c = self.config
         if c.loss == "kernel":
             return kernel_loss(out, y, c.desired_train, model.tau_s)
         return count_loss(out, y, c.desired_count, c.undesired_count)
 
-    def _compute(self, model: TSSLNet, x: torch.Tensor, y: torch.Tensor, scale: float = 1.0):
+    def _compute(self, model: PSPModel, x: torch.Tensor, y: torch.Tensor, scale: float = 1.0):
         """``(loss per sample, logits, stats, grads)``, all tensors (graph-capturable)."""
         out, rec = model.simulate(x, tssl_neuron(model, self.config))
         loss = self.loss(model, out, y)
