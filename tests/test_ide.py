@@ -168,7 +168,7 @@ def _reference_dynamics(m, x, masks, T):
         s = (u >= vth).to(u.dtype)
         total = total * lam + s
         u = lam * (u - vth * s)
-        ws = fb(s) * masks["s"] if masks is not None else fb(s)
+        ws = fb(s) * masks["fb"] if masks is not None else fb(s)
         u = u + ws + fx
     norm = sum(lam ** k for k in range(T))
     return total / norm
@@ -419,9 +419,9 @@ def test_dropout_uses_one_mask_for_all_steps_and_the_map():
     masks = m.sample_masks(3, torch.Generator().manual_seed(0))
     st = m.begin(torch.randn(3, 6), masks)
     a = torch.rand(3, 5)
-    manual = torch.clamp((F.linear(a, st.weight) * masks["s"] + st.drive) / 2.0, 0, 1)
+    manual = torch.clamp((F.linear(a, st.weight) * masks["fb"] + st.drive) / 2.0, 0, 1)
     torch.testing.assert_close(m.equilibrium_map(a, st), manual)
-    assert set(masks["x"].unique().tolist()) <= {0.0, 2.0}
+    assert set(masks["l0"].unique().tolist()) <= {0.0, 2.0}
     m.eval()
     assert m.sample_masks(3) is None
 
@@ -435,7 +435,8 @@ def test_ide_diagnostics_and_interface_check():
               "feedback/gain"):
         assert k in out.stats
     assert 0 <= float(out.stats["rate/lif1"]) <= 1
-    with pytest.raises(TypeError, match="feedback SNN"):
+    with pytest.raises(TypeError, match=r"needs an EquilibriumModel .*spiking_mlp lacks sample_masks\(\), begin\(\).*"
+                                         r"registered models that do: alexnet_f, cifarnet_f, f400, f64c5$"):
         create_rule("ide").prepare(create_model("spiking_mlp"))
 
 

@@ -1,31 +1,53 @@
-"""Feedback spiking networks of IDE (Xiao et al., NeurIPS 2021): F400 and F64C5.
+"""Feedback spiking networks of IDE (Xiao et al., NeurIPS 2021): F400, F64C5, AlexNet-F, CIFARNet-F.
 
-One hidden population of (L)IF neurons receives a constant or spiking input through an encoder
-``F`` (linear or convolution, bias, BatchNorm) and its own spikes through a feedback operator
-``W`` with one step of delay (spectrally normalised, :mod:`.spectral`):
+One class, :class:`FeedbackSNN`, over a list of ``N`` populations of (L)IF neurons (``N = 1`` for
+F400 and F64C5, ``N = 5`` for AlexNet-F and CIFARNet-F). Population 1 receives a constant or
+spiking input through an encoder ``F`` (linear or convolution, bias, BatchNorm) and the spikes of
+the last population through a feedback operator ``W`` with one step of delay (spectrally
+normalised, :mod:`.spectral`); population ``l + 1`` receives ``BN_l(F_l s_l[t])`` from population
+``l`` in the same step:
 
-    u[t+1] = leak * (u[t] - Vth s[t]) + W s[t] + F x[t+1],   s[t] = H(u[t] - Vth)
+    u_1[t+1]     = leak (u_1[t] - Vth s_1[t]) + W s_N[t] + BN(F x[t+1])
+    u_{l+1}[t+1] = leak (u_{l+1}[t] - Vth s_{l+1}[t]) + BN_l(F_l s_l[t+1]),   s = H(u - Vth)
 
-(``leak = 1``: IF). The (leak-weighted) average firing rate ``a`` converges to (IF) or
-approximates (LIF) the fixed point of the equilibrium map
+(``leak = 1``: IF). The (leak-weighted) average firing rates approximate (LIF) or converge to (IF)
+the fixed point of the equilibrium map on the last population's rate ``a = a_N``:
 
-    a = f(a) = clamp((W a + F xbar) / Vth, 0, 1),
+    a_1 = clamp((W a + F xbar) / Vth, 0, 1),  a_{l+1} = clamp(BN_l(F_l a_l) / Vth, 0, 1),  f(a) = a_N
 
-with ``xbar`` the input's (leak-weighted) time average. The logits are a linear readout of ``a``.
+with ``xbar`` the input's (leak-weighted) time average (for ``N = 1``: ``f(a) = clamp((W a + F xbar)
+/ Vth, 0, 1)``). The logits are a linear readout of ``a``.
 
-The model declares what the ``ide`` rule needs and nothing more:
+The model declares the :class:`~bioprop.models.protocols.EquilibriumModel` protocol (what the
+``ide`` rule needs) and :class:`~bioprop.models.protocols.SpikingModel` (``run``: the unrolled,
+surrogate-gradient simulation that ``bptt`` trains):
 
 - :meth:`begin` computes the per-batch quantities once, with autograd: the drive ``F xbar``
-  (BatchNorm statistics taken once, from ``F xbar``; the same statistics normalise every time
-  step of a spike input), the feedback weight ``W`` (one power-iteration step in training), and
-  applies the dropout masks (one mask for all time steps, the simulation and the map);
+  (BatchNorm statistics taken once, from ``F xbar``; the same statistics normalise every time step
+  of a spike input), the feedback weight ``W`` (one power-iteration step in training), and applies
+  the dropout masks (one mask for all time steps, the simulation and the map);
 - :meth:`simulate` runs the T-step spiking dynamics (no autograd needed) and returns the rate;
-- :meth:`equilibrium_map` applies ``f`` (differentiably, or with parameters detached for the
+- :meth:`equilibrium_map` applies ``f`` (differentiably, or with parameters held constant for the
   Jacobian); :meth:`readout` maps rates to logits.
 
-Dropout (rate ``dropout``) multiplies ``F x`` and ``W s`` by fixed masks, as the reference's
-variational dropout does. Parameter counts equal the reference's (F400: 478,811; F64C5 MNIST:
-229,643; F64C5 on 2x34x34 N-MNIST input: 290,763).
+**Every weight layer is applied as its module** (the encoder, the inner layers, the readout;
+:func:`apply_layer` holds a layer's parameters constant through the module's own forward), so a
+layer rule stacked under ``ide`` or ``bptt`` (``rule: {name: fa, model_rule: ide}``) sends the error
+through its backward kernels in every layer, in the map, its Jacobian (the adjoint solve) and the
+unrolled simulation. The feedback operator is a :class:`SpectralNormOperator`, which layer rules do
+not convert: its adjoint in the implicit backward is ``W^T`` (the rules say so when they stack).
+
+Inner BatchNorms (``N > 1``): the running statistics in the simulation; in the map, its Jacobian
+and the implicit backward the batch statistics of the map's own rates during training
+(``inner_bn='batch'``, default) or the running statistics (``'running'``, ablations); see
+:class:`MultiLayerFeedbackConfig`. :meth:`update_statistics` moves the running statistics towards
+the batch statistics of the simulated rates after each training step.
+
+Dropout (rate ``dropout``): one mask per population on its input current and, where the model
+has ``feedback_dropout`` (F400, F64C5: the reference's variational dropout on ``W s``), one on the
+feedback current. Parameter counts equal the reference's (F400: 478,811; F64C5 MNIST: 229,643;
+F64C5 on 2x34x34 N-MNIST input: 290,763; AlexNet-F C10: 3,709,515; CIFARNet-F C10: 11,840,011),
+and so do the state-dict keys of the two classes this one replaced.
 """
 
 from __future__ import annotations
@@ -33,19 +55,24 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Dict, List, Literal, Optional, Tuple
+from typing import Dict, List, Literal, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..neurons import FusedRatePopulation, NeuronParams, RatePopulation, heaviside, rate_init, rate_update, rate_value, spike_fn
 from ..metrics import synaptic_operations
+from ..neurons import FusedRatePopulation, NeuronParams, RatePopulation, heaviside, rate_init, rate_update, rate_value, spike_fn
+from ..neurons.fastsim import SimOptions
 from .base import MODELS, Edge, SpikeRecord, check_input, conv_out, neuron_from
-from .fastsim import SimOptions
+from .protocols import EquilibriumState
 from .spectral import SpectralNormOperator
 
-__all__ = ["FeedbackSNN", "FeedbackState", "FeedbackSNNConfig", "F400Config", "F64C5Config"]
+__all__ = ["FeedbackSNN", "FeedbackSNNConfig", "F400Config", "F64C5Config", "MultiLayerFeedbackConfig",
+           "CIFARNetFConfig", "EquilibriumState", "FeedbackState", "apply_layer"]
+
+#: the per-batch state (the name of earlier releases)
+FeedbackState = EquilibriumState
 
 
 @dataclass
@@ -90,17 +117,6 @@ class F64C5Config(FeedbackSNNConfig):
     padding: int = 2
 
 
-@dataclass
-class FeedbackState:
-    """Per-batch quantities shared by the simulation, the equilibrium map and its Jacobian."""
-
-    drive: torch.Tensor                     # F xbar after BN and dropout mask, with autograd graph
-    weight: torch.Tensor                    # feedback weight W, with autograd graph
-    mask_s: Optional[torch.Tensor]          # dropout mask on W s (None: no dropout)
-    drive_seq: Optional[torch.Tensor] = None  # [T, B, ...] per-step drive of a spike input (detached)
-    input_synops: Optional[torch.Tensor] = None  # synaptic operations of a spike input through F
-
-
 def _reference_init(layer: nn.Module) -> None:
     """The reference's init: uniform(-1, 1), each output unit's weights scaled to unit norm, zero bias."""
     with torch.no_grad():
@@ -115,52 +131,100 @@ def _reference_init(layer: nn.Module) -> None:
             layer.bias.zero_()
 
 
+def apply_layer(layer: nn.Module, x: torch.Tensor, detach: bool = False) -> torch.Tensor:
+    """``layer(x)`` through the module's own forward; ``detach``: its parameters held constant
+    (no graph into them), as the Jacobian ``df/da`` of the equilibrium map needs. A layer rule's
+    module (e.g. a B-carrying convolution) keeps its own backward for the input either way."""
+    if not detach or not torch.is_grad_enabled():
+        return layer(x)
+    params = {k: p.detach() for k, p in layer.named_parameters()}
+    return torch.func.functional_call(layer, params, (x,))
+
+
+def _batchnorm_for(shape: Tuple[int, ...]) -> nn.Module:
+    return nn.BatchNorm2d(shape[0]) if len(shape) == 3 else nn.BatchNorm1d(shape[0])
+
+
 class FeedbackSNN(nn.Module):
-    """One feedback population: encoder ``F`` + BN, feedback ``W`` (delay 1), linear readout."""
+    """``N`` feedback-coupled (L)IF populations (see the module docstring): encoder ``F`` + BN into
+    population 1, inner layers ``F_l`` + BN from population ``l`` to ``l + 1`` (``layers``), feedback
+    ``W`` from population ``N`` to population 1 with one step of delay, linear readout of
+    population ``N``'s rate."""
 
     in_shape: Tuple[int, ...]
     time_steps: int
 
     def __init__(self, encoder: nn.Module, feedback: SpectralNormOperator, num_classes: int,
-                 in_shape: Tuple[int, ...], neuron: NeuronParams, time_steps: int, dropout: float):
+                 in_shape: Tuple[int, ...], neuron: NeuronParams, time_steps: int, dropout: float,
+                 layers: Sequence[nn.Module] = (), feedback_dropout: bool = True,
+                 inner_bn: Literal["running", "batch"] = "batch", surrogate: str = "atan"):
         super().__init__()
         if time_steps < 1:
             raise ValueError(f"time_steps must be >= 1, got {time_steps}")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if inner_bn not in ("running", "batch"):
+            raise ValueError(f"inner_bn must be 'running' or 'batch', got {inner_bn!r}")
         self.in_shape = tuple(in_shape)
         self.encoder = encoder
-        self.hidden_shape = feedback.in_shape
-        self.bn = nn.BatchNorm2d(self.hidden_shape[0]) if len(self.hidden_shape) == 3 else nn.BatchNorm1d(self.hidden_shape[0])
+        with torch.no_grad():  # population shapes, from the layers' own arithmetic
+            z = encoder(torch.zeros((1,) + self.in_shape))
+            shapes = [tuple(z.shape[1:])]
+            for layer in layers:
+                z = layer(z)
+                shapes.append(tuple(z.shape[1:]))
+        self.shapes: List[Tuple[int, ...]] = shapes
+        self.bn = _batchnorm_for(shapes[0])
+        self.convs = nn.ModuleList(layers)
+        self.bns = nn.ModuleList([_batchnorm_for(s) for s in shapes[1:]])
+        if tuple(feedback.in_shape) != shapes[-1] or tuple(feedback.out_shape) != shapes[0]:
+            raise ValueError(f"the feedback maps {tuple(feedback.in_shape)} -> {tuple(feedback.out_shape)}; it must map "
+                             f"the last population {shapes[-1]} to the first {shapes[0]}")
         self.feedback = feedback
-        n = 1
-        for d in self.hidden_shape:
-            n *= d
-        self.classifier = nn.Linear(n, num_classes)
+        self.classifier = nn.Linear(math.prod(shapes[-1]), num_classes)
         self.neuron = neuron
         self.time_steps = int(time_steps)
         self.dropout = float(dropout)
-        self.surrogate = "atan"
+        self.feedback_dropout = bool(feedback_dropout)
+        self.inner_bn = inner_bn
+        self.surrogate = surrogate
 
     # -- declared structure -----------------------------------------------------------------
-    def graph(self) -> List[Edge]:
-        return [Edge("input", "lif1", "encoder"), Edge("lif1", "lif1", "feedback", delay=1, feedback=True),
-                Edge("lif1", "output", "classifier")]
+    @property
+    def populations(self) -> int:
+        """The number of populations ``N``."""
+        return len(self.shapes)
+
+    @property
+    def hidden_shape(self) -> Tuple[int, ...]:
+        """Per-sample shape of the last population (the fixed-point variable)."""
+        return self.shapes[-1]
 
     @property
     def threshold(self) -> float:
         return self.neuron.threshold
 
+    def graph(self) -> List[Edge]:
+        n = self.populations
+        edges = [Edge("input", "lif1", "encoder")]
+        edges += [Edge(f"lif{i + 1}", f"lif{i + 2}", f"convs.{i}") for i in range(n - 1)]
+        return edges + [Edge(f"lif{n}", "lif1", "feedback", delay=1, feedback=True),
+                        Edge(f"lif{n}", "output", "classifier")]
+
     # -- per-batch state --------------------------------------------------------------------
     def sample_masks(self, batch: int, generator: Optional[torch.Generator] = None) -> Optional[Dict[str, torch.Tensor]]:
-        """Dropout masks (values 0 or 1/(1-p)) for ``F x`` and ``W s``: one draw per batch."""
+        """Dropout masks (values 0 or 1/(1-p)), one draw per batch: ``"l<i>"`` for the input current
+        of population ``i``, and ``"fb"`` for the feedback current where the model has
+        ``feedback_dropout``."""
         if not self.training or self.dropout == 0:
             return None
         dev = self.classifier.weight.device
         keep = 1 - self.dropout
-        shape = (batch,) + self.hidden_shape
-        return {k: torch.bernoulli(torch.full(shape, keep, device=dev), generator=generator) / keep
-                for k in ("x", "s")}
+        shapes = {f"l{i}": s for i, s in enumerate(self.shapes)}
+        if self.feedback_dropout:
+            shapes["fb"] = self.shapes[0]
+        return {k: torch.bernoulli(torch.full((batch,) + s, keep, device=dev), generator=generator) / keep
+                for k, s in shapes.items()}
 
     def input_average(self, x: torch.Tensor) -> torch.Tensor:
         """Time average (IF) or leak-weighted average (LIF) of a spike input ``x[T, B, ...]``:
@@ -170,7 +234,7 @@ class FeedbackSNN(nn.Module):
             acc = rate_update(acc, x[t], self.neuron.leak)
         return rate_value(acc)
 
-    def begin(self, x: torch.Tensor, masks: Optional[Dict[str, torch.Tensor]] = None) -> FeedbackState:
+    def begin(self, x: torch.Tensor, masks: Optional[Dict[str, torch.Tensor]] = None) -> EquilibriumState:
         """Drive, feedback weight and masks for input ``x`` (``[B, ...]`` constant, ``[T, B, ...]`` spikes)."""
         timed = check_input(x, self.in_shape, type(self).__name__, allow_time=True)
         xbar = self.input_average(x) if timed else x
@@ -196,78 +260,130 @@ class FeedbackSNN(nn.Module):
                 enc = next(m for m in self.encoder.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
                 input_synops = synaptic_operations(enc, (x != 0).to(x.dtype))
         weight = self.feedback.weight(update=self.training)
-        mask_s = None
         if masks is not None:
-            drive = drive * masks["x"]
-            mask_s = masks["s"]
+            drive = drive * masks["l0"]
             if drive_seq is not None:
-                drive_seq = drive_seq * masks["x"]
-        return FeedbackState(drive, weight, mask_s, drive_seq, input_synops)
+                drive_seq = drive_seq * masks["l0"]
+        return EquilibriumState(drive, weight, masks, drive_seq, input_synops)
 
-    # -- dynamics ---------------------------------------------------------------------------
-    def feedback_current(self, s: torch.Tensor, st: FeedbackState, detach: bool = True) -> torch.Tensor:
+    # -- the synaptic currents --------------------------------------------------------------
+    def feedback_current(self, s: torch.Tensor, st: EquilibriumState, detach: bool = True) -> torch.Tensor:
+        """``W s`` (times the feedback mask); ``detach``: ``W`` held constant."""
         w = st.weight.detach() if detach else st.weight
         out = self.feedback(s, w)
-        return out * st.mask_s if st.mask_s is not None else out
+        mask = st.masks.get("fb") if st.masks is not None else None
+        return out * mask if mask is not None else out
 
+    def layer_current(self, i: int, a: torch.Tensor, st: EquilibriumState, detach: bool,
+                      batch_stats: bool = False) -> torch.Tensor:
+        """Input current ``BN_i(F_i a)`` (times its mask) of population ``i + 2`` from population
+        ``i + 1``'s output ``a``: BN with the running statistics, or with the batch statistics of
+        ``a``'s currents (``batch_stats``: the map under ``inner_bn='batch'``, its Jacobian
+        included). ``F_i`` is applied as its module (:func:`apply_layer`)."""
+        bn = self.bns[i]
+        z = apply_layer(self.convs[i], a, detach)
+        gw, gb = (bn.weight.detach(), bn.bias.detach()) if detach else (bn.weight, bn.bias)
+        if batch_stats:
+            z = F.batch_norm(z, None, None, gw, gb, True, 0.0, bn.eps)
+        else:
+            z = F.batch_norm(z, bn.running_mean, bn.running_var, gw, gb, False, 0.0, bn.eps)
+        mask = st.masks.get(f"l{i + 1}") if st.masks is not None else None
+        return z * mask if mask is not None else z
+
+    # -- dynamics ---------------------------------------------------------------------------
     @torch.no_grad()
-    def simulate(self, st: FeedbackState, time_steps: Optional[int] = None,
+    def simulate(self, st: EquilibriumState, time_steps: Optional[int] = None,
                  fast: Optional[SimOptions] = None) -> Tuple[torch.Tensor, SpikeRecord]:
-        """Run the spiking dynamics for T steps; return the (weighted) firing rate and spike record.
+        """Run the spiking dynamics for T steps; return the last population's (weighted) firing
+        rate and the spike record (the other populations' rates go to ``st.rates``).
 
         ``fast=None``: the plain-PyTorch reference path (:class:`bioprop.neurons.RatePopulation`);
         ``fast=SimOptions(...)``: the fast path (in-place neuron updates, optional bf16 synapses
-        and channels-last convolutions; equal to the reference in fp32, see :mod:`.fastsim`).
+        and channels-last convolutions; equal to the reference in fp32, see
+        :mod:`bioprop.neurons.fastsim`).
         """
         return self._simulate(st, time_steps, heaviside, detach=True, fast=fast)
 
-    def _simulate(self, st: FeedbackState, time_steps: Optional[int], spike, detach: bool,
-                  fast: Optional[SimOptions] = None):
+    def _simulate(self, st: EquilibriumState, time_steps: Optional[int], spike, detach: bool,
+                  fast: Optional[SimOptions] = None) -> Tuple[torch.Tensor, SpikeRecord]:
         T = st.drive_seq.shape[0] if st.drive_seq is not None else (time_steps or self.time_steps)
         drive = st.drive.detach() if detach else st.drive
         dt = torch.promote_types(drive.dtype, torch.float32)  # membrane in fp32 under autocast too
+        n = self.populations
         if fast is None:
-            pop = RatePopulation(self.neuron, spike)
+            pops = [RatePopulation(self.neuron, spike) for _ in range(n)]
             feedback = lambda s: self.feedback_current(s, st, detach=detach)  # noqa: E731
+            layers = [lambda s, i=i: self.layer_current(i, s, st, detach) for i in range(n - 1)]
         else:
-            pop = FusedRatePopulation(self.neuron, fast.spike_dtype())
-            feedback = fast.operator(self.feedback, st.weight.detach(), st.mask_s)
+            masks = st.masks if st.masks is not None else {}
+            pops = [FusedRatePopulation(self.neuron, fast.spike_dtype()) for _ in range(n)]
+            feedback = fast.operator(self.feedback, st.weight.detach(), masks.get("fb"))
+            layers = [fast.conv_bn(conv, bn, masks.get(f"l{i + 1}"),
+                                   reference=lambda s, i=i: self.layer_current(i, s, st, True))
+                      for i, (conv, bn) in enumerate(zip(self.convs, self.bns))]
         for t in range(T):
             cur = drive if st.drive_seq is None else st.drive_seq[t]
-            if pop.s is not None:
-                cur = cur + feedback(pop.s)
-            pop.step(cur.to(dt))
-        smap = pop.spike_map()
+            if pops[-1].s is not None:
+                cur = cur + feedback(pops[-1].s)
+            for l in range(n):
+                if l > 0:
+                    cur = layers[l - 1](pops[l - 1].s)
+                pops[l].step(cur.to(dt))
+        smaps = [p.spike_map() for p in pops]
         rec = SpikeRecord(time_steps=T, batch=drive.shape[0])
-        rec.spikes["lif1"] = smap.sum()
-        rec.neurons["lif1"] = int(drive[0].numel())
-        # synaptic events: the spikes of steps 0..T-2 reach the next step through W; the readout
-        # integrates every spike; a spike input drives the encoder
-        rec.synops["feedback"] = self.feedback.synops((smap - pop.s.detach().sum(0).to(smap.dtype))[None])
-        rec.synops["classifier"] = smap.sum() * self.classifier.out_features
+        for l in range(n):
+            rec.spikes[f"lif{l + 1}"] = smaps[l].sum()
+            rec.neurons[f"lif{l + 1}"] = math.prod(self.shapes[l])
+            if l < n - 1:  # synaptic events of population l's spikes into population l + 1 (same step)
+                rec.synops[f"convs.{l}"] = synaptic_operations(self.convs[l], smaps[l][None])
+        # the spikes of steps 0..T-2 reach the next step through W; the readout integrates every
+        # spike; a spike input drives the encoder
+        last = smaps[-1] - pops[-1].s.detach().sum(0).to(smaps[-1].dtype)
+        rec.synops["feedback"] = self.feedback.synops(last[None])
+        rec.synops["classifier"] = smaps[-1].sum() * self.classifier.out_features
         if st.input_synops is not None:
             rec.synops["encoder"] = st.input_synops
-        return pop.rate(), rec
+        st.rates = [p.rate().detach() for p in pops[:-1]]
+        return pops[-1].rate(), rec
 
     def run(self, x: torch.Tensor) -> Tuple[torch.Tensor, SpikeRecord]:
-        """Differentiable simulation for BPTT: surrogate spikes (``surrogate``), autograd through
-        all T steps; logits from the readout of the (weighted) rate. (The spike input's per-step
-        drive is computed without autograd, so BPTT with spike input trains the layers after it.)"""
+        """Differentiable simulation for BPTT (surrogate spikes ``surrogate``, autograd through all
+        T steps, feedback kept: the comparison the IDE paper makes); logits from the readout of the
+        (weighted) rate. (A spike input's per-step drive is computed without autograd, so BPTT with
+        spike input trains the layers after it.)"""
         st = self.begin(x, self.sample_masks(x.shape[-len(self.in_shape) - 1]))
         a, rec = self._simulate(st, None, spike_fn(self.surrogate), detach=False)
+        if self.training:
+            self.update_statistics(st)
         return self.readout(a), rec
 
-    def equilibrium_map(self, a: torch.Tensor, st: FeedbackState, detach: bool = False) -> torch.Tensor:
-        """``f(a) = clamp((W a + F xbar) / Vth, 0, 1)`` (with the dropout masks); ``detach``: the
-        parameters are constants (for the Jacobian ``df/da``)."""
+    def equilibrium_map(self, a: torch.Tensor, st: EquilibriumState, detach: bool = False) -> torch.Tensor:
+        """``f(a)``: ``a_1 = clamp((W a + F xbar) / Vth, 0, 1)``, ``a_{l+1} = clamp(BN_l(F_l a_l) / Vth,
+        0, 1)``, ``f(a) = a_N`` (with the dropout masks); ``detach``: the parameters are constants
+        (for the Jacobian ``df/da``)."""
         drive = st.drive.detach() if detach else st.drive
-        return torch.clamp((self.feedback_current(a, st, detach=detach) + drive) / self.threshold, 0, 1)
+        h = torch.clamp((self.feedback_current(a, st, detach=detach) + drive) / self.threshold, 0, 1)
+        batch_stats = self.inner_bn == "batch" and self.training
+        for i in range(self.populations - 1):
+            h = torch.clamp(self.layer_current(i, h, st, detach, batch_stats) / self.threshold, 0, 1)
+        return h
+
+    @torch.no_grad()
+    def update_statistics(self, st: EquilibriumState) -> None:
+        """Move the inner BatchNorms' running statistics towards the batch statistics of
+        ``F_l a_l`` at the simulated rates (once per training step; nothing for ``N = 1``)."""
+        if not self.training or not st.rates:
+            return
+        for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):
+            z = conv(st.rates[i])
+            F.batch_norm(z, bn.running_mean, bn.running_var, None, None, True, bn.momentum, bn.eps)
+            bn.num_batches_tracked.add_(1)
 
     def readout(self, a: torch.Tensor) -> torch.Tensor:
         return self.classifier(a.flatten(1))
 
     @torch.no_grad()
-    def feedback_stats(self, st: FeedbackState) -> Dict[str, torch.Tensor]:
+    def feedback_stats(self, st: EquilibriumState) -> Dict[str, torch.Tensor]:
         """``feedback/gain``: the clamped gain ``g`` (at ``fb_norm_range`` it gets no gradient:
         training wants stronger feedback than the bound allows); under ``sigma_of='kernel'`` also
         ``feedback/norm``, the true operator norm of ``W``, which that normalisation does not
@@ -294,32 +410,27 @@ def _neuron(c) -> NeuronParams:
     return neuron_from(c.neuron, c.threshold, c.leak)
 
 
-def _with_surrogate(model: nn.Module, c) -> nn.Module:
-    model.surrogate = c.surrogate
-    return model
-
-
-@MODELS.register("f400", F400Config, "IDE F400: FC 784->400 +BN, feedback FC 400->400 (spectral norm), readout", returns=FeedbackSNN)
-def f400(c: F400Config) -> nn.Module:
+@MODELS.register("f400", F400Config, "IDE F400: FC 784->400 +BN, feedback FC 400->400 (spectral norm), readout",
+                 returns=FeedbackSNN)
+def f400(c: F400Config) -> FeedbackSNN:
     if c.sigma_of != "operator":
         raise ValueError(f"f400: sigma_of={c.sigma_of!r} applies to convolutional feedback; F400's feedback is "
                          "linear (its kernel is its operator, and its sigma is the power iteration's on that "
                          "matrix): leave sigma_of unset")
-    n_in = 1
-    for d in c.in_shape:
-        n_in *= d
-    enc = nn.Sequential(nn.Flatten(), nn.Linear(n_in, c.hidden))
+    enc = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(c.in_shape), c.hidden))
     _reference_init(enc[1])
     fb = nn.Linear(c.hidden, c.hidden, bias=False)
     _reference_init(fb)
     op = SpectralNormOperator(fb, (c.hidden,), g_init=c.fb_gain_init, norm_range=c.fb_norm_range,
                               power_iters=c.power_iters)
-    return _with_surrogate(FeedbackSNN(enc, op, c.num_classes, c.in_shape, _neuron(c), c.time_steps, c.dropout), c)
+    return FeedbackSNN(enc, op, c.num_classes, c.in_shape, _neuron(c), c.time_steps, c.dropout,
+                       surrogate=c.surrogate)
 
 
 @MODELS.register("f64c5", F64C5Config,
-                 "IDE F64C5: conv 64 k5 s2 +BN, feedback conv 64->64 k5 (spectral norm of the operator), readout", returns=FeedbackSNN)
-def f64c5(c: F64C5Config) -> nn.Module:
+                 "IDE F64C5: conv 64 k5 s2 +BN, feedback conv 64->64 k5 (spectral norm of the operator), readout",
+                 returns=FeedbackSNN)
+def f64c5(c: F64C5Config) -> FeedbackSNN:
     ch, h, w = c.in_shape
     enc = nn.Conv2d(ch, c.channels, c.kernel, stride=c.stride, padding=c.padding)
     _reference_init(enc)
@@ -328,7 +439,8 @@ def f64c5(c: F64C5Config) -> nn.Module:
     _reference_init(fb)
     op = SpectralNormOperator(fb, (c.channels, ho, wo), g_init=c.fb_gain_init, norm_range=c.fb_norm_range,
                               power_iters=c.power_iters, sigma_of=c.sigma_of)
-    return _with_surrogate(FeedbackSNN(enc, op, c.num_classes, c.in_shape, _neuron(c), c.time_steps, c.dropout), c)
+    return FeedbackSNN(enc, op, c.num_classes, c.in_shape, _neuron(c), c.time_steps, c.dropout,
+                       surrogate=c.surrogate)
 
 
 @dataclass
@@ -353,186 +465,32 @@ class MultiLayerFeedbackConfig(FeedbackSNNConfig):
     inner_bn: Literal["running", "batch"] = "batch"
 
 
-class MultiLayerFeedbackSNN(nn.Module):
-    """Five (L)IF populations; layer 1 gets ``BN(F x) + W_fb s_5[t-1]``, layer ``l+1`` gets
-    ``BN_l(F_l s_l[t])`` in the same step. Equilibrium map on the last layer:
-
-        a_1 = clamp((W_fb a_5 + F xbar) / Vth),  a_{l+1} = clamp(BN_l(F_l a_l) / Vth),  f(a_5) = a_5.
-
-    BatchNorm of the input layer uses the batch statistics once per step (as in :class:`FeedbackSNN`);
-    the inner layers' BatchNorms use their running statistics in the simulation and the batch
-    statistics of the map's own intermediate rates in the map, its Jacobian and the implicit
-    backward (``inner_bn='batch'``; see :class:`MultiLayerFeedbackConfig`), and
-    :meth:`update_statistics` moves the running statistics towards the batch statistics of the
-    simulated rates after each step (the reference updates them from the map's train-mode pass).
-    """
-
-    in_shape: Tuple[int, ...]
-    time_steps: int
-
-    def __init__(self, c: MultiLayerFeedbackConfig):
-        super().__init__()
-        ch, h, w = c.in_shape
-        C = list(c.channels)
-        self.in_shape = tuple(c.in_shape)
-        self.encoder = nn.Conv2d(ch, C[0], 3, 2, 1)
-        self.bn = nn.BatchNorm2d(C[0])
-        h1, w1 = conv_out(h, 3, 2, 1), conv_out(w, 3, 2, 1)
-        strides = [1, 2, 1, 1]
-        self.convs = nn.ModuleList([nn.Conv2d(C[i], C[i + 1], 3, strides[i], 1) for i in range(4)])
-        self.bns = nn.ModuleList([nn.BatchNorm2d(C[i + 1]) for i in range(4)])
-        shapes = [(C[0], h1, w1)]
-        for i in range(4):
-            hh, ww = shapes[-1][1:]
-            shapes.append((C[i + 1], conv_out(hh, 3, strides[i], 1), conv_out(ww, 3, strides[i], 1)))
-        self.shapes = shapes
-        for m in [self.encoder, *self.convs]:
-            _reference_init(m)
-        fb = nn.ConvTranspose2d(C[4], C[0], 3, 2, 1, output_padding=1, bias=False)
-        _reference_init(fb)
-        self.feedback = SpectralNormOperator(fb, shapes[4], g_init=c.fb_gain_init, norm_range=c.fb_norm_range,
-                                             power_iters=c.power_iters, sigma_of=c.sigma_of)
-        if self.feedback.out_shape != shapes[0]:
-            raise ValueError(f"feedback output {self.feedback.out_shape} does not match layer 1 {shapes[0]}")
-        self.classifier = nn.Linear(C[4] * shapes[4][1] * shapes[4][2], c.num_classes)
-        self.neuron = _neuron(c)
-        self.time_steps = int(c.time_steps)
-        self.dropout = float(c.dropout)
-        self.hidden_shape = shapes[4]
-        self.surrogate = c.surrogate
-        self.inner_bn = c.inner_bn
-
-    def graph(self) -> List[Edge]:
-        e = [Edge("input", "lif1", "encoder")]
-        e += [Edge(f"lif{i + 1}", f"lif{i + 2}", f"convs.{i}") for i in range(4)]
-        return e + [Edge("lif5", "lif1", "feedback", delay=1, feedback=True), Edge("lif5", "output", "classifier")]
-
-    @property
-    def threshold(self) -> float:
-        return self.neuron.threshold
-
-    input_average = FeedbackSNN.input_average
-    feedback_stats = FeedbackSNN.feedback_stats
-
-    def sample_masks(self, batch: int, generator: Optional[torch.Generator] = None):
-        if not self.training or self.dropout == 0:
-            return None
-        dev = self.classifier.weight.device
-        keep = 1 - self.dropout
-        return {f"l{i}": torch.bernoulli(torch.full((batch,) + s, keep, device=dev), generator=generator) / keep
-                for i, s in enumerate(self.shapes)}
-
-    def begin(self, x: torch.Tensor, masks=None) -> FeedbackState:
-        st = FeedbackSNN.begin(self, x, None)
-        st.masks = masks  # type: ignore[attr-defined]
-        if masks is not None:
-            st.drive = st.drive * masks["l0"]
-            if st.drive_seq is not None:
-                st.drive_seq = st.drive_seq * masks["l0"]
-        return st
-
-    def _layer(self, i: int, a: torch.Tensor, st, detach: bool, batch_stats: bool = False) -> torch.Tensor:
-        """Input current of layer ``i + 2`` from layer ``i + 1``'s output: BN with the running
-        statistics, or with the batch statistics of ``a`` (``batch_stats``: the map under
-        ``inner_bn='batch'``, its Jacobian included)."""
-        conv, bn = self.convs[i], self.bns[i]
-        w, b = (conv.weight.detach(), conv.bias.detach()) if detach else (conv.weight, conv.bias)
-        gw, gb = (bn.weight.detach(), bn.bias.detach()) if detach else (bn.weight, bn.bias)
-        z = F.conv2d(a, w, b, conv.stride, conv.padding)
-        if batch_stats:
-            z = F.batch_norm(z, None, None, gw, gb, True, 0.0, bn.eps)
-        else:
-            z = F.batch_norm(z, bn.running_mean, bn.running_var, gw, gb, False, 0.0, bn.eps)
-        masks = getattr(st, "masks", None)
-        return z * masks[f"l{i + 1}"] if masks is not None else z
-
-    def _feedback(self, s: torch.Tensor, st, detach: bool) -> torch.Tensor:
-        return self.feedback(s, st.weight.detach() if detach else st.weight)
-
-    @torch.no_grad()
-    def simulate(self, st, time_steps: Optional[int] = None, fast: Optional[SimOptions] = None):
-        """The T-step dynamics (``fast``: see :meth:`FeedbackSNN.simulate`)."""
-        return self._simulate(st, time_steps, heaviside, detach=True, fast=fast)
-
-    def _simulate(self, st, time_steps: Optional[int], spike, detach: bool, fast: Optional[SimOptions] = None):
-        T = st.drive_seq.shape[0] if st.drive_seq is not None else (time_steps or self.time_steps)
-        drive = st.drive.detach() if detach else st.drive
-        dt = torch.promote_types(drive.dtype, torch.float32)  # membrane in fp32 under autocast too
-        masks = getattr(st, "masks", None)
-        if fast is None:
-            pops = [RatePopulation(self.neuron, spike) for _ in range(5)]
-            feedback = lambda s: self._feedback(s, st, detach)  # noqa: E731
-            layers = [lambda s, i=i: self._layer(i, s, st, detach) for i in range(4)]
-        else:
-            pops = [FusedRatePopulation(self.neuron, fast.spike_dtype()) for _ in range(5)]
-            feedback = fast.operator(self.feedback, st.weight.detach(), None)
-            layers = [fast.conv_bn(conv, bn, masks[f"l{i + 1}"] if masks is not None else None,
-                                   reference=lambda s, i=i: self._layer(i, s, st, True))
-                      for i, (conv, bn) in enumerate(zip(self.convs, self.bns))]
-        for t in range(T):
-            cur = drive if st.drive_seq is None else st.drive_seq[t]
-            if pops[4].s is not None:
-                cur = cur + feedback(pops[4].s)
-            for l in range(5):
-                if l > 0:
-                    cur = layers[l - 1](pops[l - 1].s)
-                pops[l].step(cur.to(dt))
-        smaps = [p.spike_map() for p in pops]
-        rec = SpikeRecord(time_steps=T, batch=drive.shape[0])
-        for l in range(5):
-            rec.spikes[f"lif{l + 1}"] = smaps[l].sum()
-            rec.neurons[f"lif{l + 1}"] = int(math.prod(self.shapes[l]))
-            if l < 4:  # synaptic events of layer l's spikes into layer l+1 (same step)
-                rec.synops[f"convs.{l}"] = synaptic_operations(self.convs[l], smaps[l][None])
-        s_last = pops[4].s
-        rec.synops["feedback"] = self.feedback.synops((smaps[4] - s_last.detach().sum(0).to(smaps[4].dtype))[None])
-        rec.synops["classifier"] = smaps[4].sum() * self.classifier.out_features
-        if getattr(st, "input_synops", None) is not None:
-            rec.synops["encoder"] = st.input_synops
-        st.rates = [p.rate().detach() for p in pops]  # type: ignore[attr-defined]
-        return pops[4].rate(), rec
-
-    def run(self, x: torch.Tensor) -> Tuple[torch.Tensor, SpikeRecord]:
-        """Differentiable simulation for BPTT (surrogate spikes, autograd through all T steps),
-        feedback kept: the comparison the IDE paper makes."""
-        st = self.begin(x, self.sample_masks(x.shape[-len(self.in_shape) - 1]))
-        a, rec = self._simulate(st, None, spike_fn(self.surrogate), detach=False)
-        if self.training:
-            self.update_statistics(st)
-        return self.readout(a), rec
-
-    def equilibrium_map(self, a: torch.Tensor, st, detach: bool = False) -> torch.Tensor:
-        drive = st.drive.detach() if detach else st.drive
-        h = torch.clamp((self._feedback(a, st, detach) + drive) / self.threshold, 0, 1)
-        batch_stats = self.inner_bn == "batch" and self.training
-        for i in range(4):
-            h = torch.clamp(self._layer(i, h, st, detach, batch_stats) / self.threshold, 0, 1)
-        return h
-
-    @torch.no_grad()
-    def update_statistics(self, st) -> None:
-        """Move the inner BatchNorms' running statistics towards the batch statistics of
-        ``F_l a_l`` at the simulated rates (once per training step)."""
-        rates = getattr(st, "rates", None)
-        if not self.training or rates is None:
-            return
-        for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):
-            z = conv(rates[i])
-            F.batch_norm(z, bn.running_mean, bn.running_var, None, None, True, bn.momentum, bn.eps)
-            bn.num_batches_tracked.add_(1)
-
-    def readout(self, a: torch.Tensor) -> torch.Tensor:
-        return self.classifier(a.flatten(1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, _ = self.simulate(self.begin(x))
-        return self.readout(a)
+def multilayer_feedback_snn(c: MultiLayerFeedbackConfig) -> FeedbackSNN:
+    """AlexNet-F / CIFARNet-F: five populations, input conv 3x3 s2, inner convs 3x3 with strides
+    1, 2, 1, 1, transposed-conv feedback (3x3 s2, output padding 1) from the last to the first."""
+    ch, h, w = c.in_shape
+    C = list(c.channels)
+    encoder = nn.Conv2d(ch, C[0], 3, 2, 1)
+    strides = [1, 2, 1, 1]
+    convs = [nn.Conv2d(C[i], C[i + 1], 3, strides[i], 1) for i in range(4)]
+    size = (conv_out(h, 3, 2, 1), conv_out(w, 3, 2, 1))
+    for s in strides:
+        size = (conv_out(size[0], 3, s, 1), conv_out(size[1], 3, s, 1))
+    for m in [encoder, *convs]:
+        _reference_init(m)
+    fb = nn.ConvTranspose2d(C[4], C[0], 3, 2, 1, output_padding=1, bias=False)
+    _reference_init(fb)
+    op = SpectralNormOperator(fb, (C[4],) + size, g_init=c.fb_gain_init, norm_range=c.fb_norm_range,
+                              power_iters=c.power_iters, sigma_of=c.sigma_of)
+    return FeedbackSNN(encoder, op, c.num_classes, c.in_shape, _neuron(c), c.time_steps, c.dropout,
+                       layers=convs, feedback_dropout=False, inner_bn=c.inner_bn, surrogate=c.surrogate)
 
 
 @MODELS.register("alexnet_f", MultiLayerFeedbackConfig,
-                 "IDE AlexNet-F: conv 96 s2 + 4 conv layers (BN), transposed-conv feedback 256->96 (delay 1)", returns=MultiLayerFeedbackSNN)
-def alexnet_f(c: MultiLayerFeedbackConfig) -> nn.Module:
-    return MultiLayerFeedbackSNN(c)
+                 "IDE AlexNet-F: conv 96 s2 + 4 conv layers (BN), transposed-conv feedback 256->96 (delay 1)",
+                 returns=FeedbackSNN)
+def alexnet_f(c: MultiLayerFeedbackConfig) -> FeedbackSNN:
+    return multilayer_feedback_snn(c)
 
 
 @dataclass
@@ -540,6 +498,7 @@ class CIFARNetFConfig(MultiLayerFeedbackConfig):
     channels: Tuple[int, int, int, int, int] = (128, 256, 512, 1024, 512)
 
 
-@MODELS.register("cifarnet_f", CIFARNetFConfig, "IDE CIFARNet-F: AlexNet-F topology with 128/256/512/1024/512 channels", returns=MultiLayerFeedbackSNN)
-def cifarnet_f(c: CIFARNetFConfig) -> nn.Module:
-    return MultiLayerFeedbackSNN(c)
+@MODELS.register("cifarnet_f", CIFARNetFConfig, "IDE CIFARNet-F: AlexNet-F topology with 128/256/512/1024/512 channels",
+                 returns=FeedbackSNN)
+def cifarnet_f(c: CIFARNetFConfig) -> FeedbackSNN:
+    return multilayer_feedback_snn(c)

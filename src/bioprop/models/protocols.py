@@ -37,6 +37,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..neurons.fastsim import SimOptions
 
 __all__ = [
+    "SpikeRecord",
+    "Edge",
     "BlockModel",
     "SpikingModel",
     "PSPModel",
@@ -236,7 +238,8 @@ def require(model: Any, proto: type, who: str) -> None:
     fits = models_satisfying(proto)
     name = getattr(model, "model_name", None) or type(model).__name__
     hint = f"; registered models that do: {', '.join(fits)}" if fits else ""
-    raise ProtocolError(f"{who} needs a {proto.__name__} ({_DESCRIPTION.get(proto, proto.__name__)}): "
+    article = "an" if proto.__name__[0] in "AEIOU" else "a"
+    raise ProtocolError(f"{who} needs {article} {proto.__name__} ({_DESCRIPTION.get(proto, proto.__name__)}): "
                         f"{name} lacks {', '.join(missing)}{hint}")
 
 

@@ -21,6 +21,7 @@ The equilibrium map and its gradient never use these options: they define the tr
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Literal, Optional
 
@@ -31,6 +32,11 @@ from torch import nn
 __all__ = ["SimOptions"]
 
 Current = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _plain_conv(m: nn.Module) -> bool:
+    """Whether ``m``'s forward is exactly ``F.conv2d(x, m.weight, m.bias, ...)``."""
+    return type(m) is nn.Conv2d or (isinstance(m, nn.Conv2d) and getattr(type(m), "plain_forward", False))
 
 
 def _layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -76,11 +82,23 @@ class SimOptions:
 
         return current
 
-    def conv_bn(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, mask: Optional[torch.Tensor],
+    def conv_bn(self, conv: nn.Module, bn: nn.Module, mask: Optional[torch.Tensor],
                 reference: Current) -> Current:
         """``s -> BN(conv(s)) * mask`` with BN's running statistics (inference form); ``reference``
-        (the model's own function) when the options change nothing."""
+        (the model's own function, which applies ``conv`` as its module) when the options change
+        nothing.
+
+        The simulation is forward-only, so a layer rule's module whose forward is exactly
+        ``nn.Conv2d``'s (it declares ``plain_forward = True``, as the B-carrying convolutions do:
+        only their backward differs) is computed from its weight here like a plain one; any other
+        module, and a layer that is not a 2-d convolution, runs through ``reference`` with a
+        warning, never silently as something else."""
         if self.exact:
+            return reference
+        if not _plain_conv(conv) or not isinstance(bn, nn.BatchNorm2d):
+            warnings.warn(f"fast simulation: {type(conv).__name__} is not a plain Conv2d forward (no "
+                          "plain_forward); it runs as its own module, without the precision / channels_last "
+                          "options", RuntimeWarning, stacklevel=2)
             return reference
         cl = self.channels_last
         if self.precision == "fp32":

@@ -95,6 +95,10 @@ class _Conv2dFB(torch.autograd.Function):
 class FBLinear(nn.Linear):
     """``nn.Linear`` whose error travels back through ``weight_b`` (same shape as ``weight``)."""
 
+    #: the forward is exactly ``nn.Linear``'s (only the backward differs): forward-only fast
+    #: paths may compute it from ``weight`` and ``bias``
+    plain_forward = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if getattr(self, "use_w_backward", False):
             return F.linear(x, self.weight, self.bias)
@@ -109,6 +113,10 @@ class FBLinear(nn.Linear):
 
 class FBConv2d(nn.Conv2d):
     """``nn.Conv2d`` whose error travels back through the transposed convolution with ``weight_b``."""
+
+    #: the forward is exactly ``nn.Conv2d``'s (only the backward differs): forward-only fast
+    #: paths may compute it from ``weight`` and ``bias``
+    plain_forward = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if getattr(self, "use_w_backward", False):

@@ -27,28 +27,25 @@ The implicit gradient: with ``L(readout(a*))`` and ``a* = f(a*; theta)``,
 (implicit function theorem), evaluated at the simulated ``a_T`` in place of ``a*``. For
 ``f(a) = clamp((W a + F xbar) / Vth, 0, 1)``, ``J = diag(1[0 < W a + F xbar < Vth]) W / Vth``.
 
-**Model interface** (declared by the model, so the rule never inspects its code; single-layer
-:class:`bioprop.models.feedback.FeedbackSNN`, multi-layer models extend it):
+**Model contract**: the rule trains any :class:`~bioprop.models.protocols.EquilibriumModel`
+(``sample_masks``, ``begin``, ``simulate``, ``equilibrium_map``, ``readout``; the per-batch state
+is an :class:`~bioprop.models.protocols.EquilibriumState`), checked once by ``prepare``. Optional
+parts, used when the model declares them: ``update_statistics(state)``
+(:class:`~bioprop.models.protocols.StatisticsModel`), called after the backward pass, and
+``feedback_stats(state)`` (:class:`~bioprop.models.protocols.FeedbackDiagnostics`), added to the
+step's stats. The registered models f400, f64c5, alexnet_f and cifarnet_f are one class,
+:class:`bioprop.models.feedback.FeedbackSNN`.
 
-- ``in_shape``; ``sample_masks(batch, generator) -> masks | None`` (dropout, one draw per batch);
-- ``begin(x, masks) -> state``: per-batch quantities shared by the simulation and the map (the
-  drive ``F xbar`` with its BatchNorm, the feedback weight, the masks), computed once with autograd;
-  ``x`` is ``[B, ...]`` (constant input) or ``[T, B, ...]`` (spike input, time first);
-- ``simulate(state, time_steps) -> (a_T, SpikeRecord)``: the spiking dynamics, called under
-  ``no_grad`` (a fast path may replace it without changing the rule);
-- ``equilibrium_map(a, state, detach) -> f(a)``: differentiable; ``detach=True`` holds the
-  parameters constant (the Jacobian ``df/da`` of the adjoint solve);
-- ``readout(a) -> logits``; optionally ``update_statistics(state)``, called after the backward
-  pass (BatchNorm statistics that the map held fixed), and ``feedback_stats(state) -> {name:
-  tensor}``, diagnostics of the feedback operator (its clamped gain and operator norm) added to
-  the step's stats.
+**Layer rules**: stacked under ``ide`` (``rule: {name: fa, model_rule: ide}``, likewise ``kp``,
+``wm``, ...), a layer rule's backward kernels carry the error through every converted layer of the
+map, so through the adjoint solve ``(I - J^T) g = dL/da`` too: ``J^T`` uses ``B`` where the map
+uses a converted layer. The feedback operator is not converted (its adjoint is ``W^T``).
 """
 
 from __future__ import annotations
 
 import copy
-import functools
-import inspect
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from typing import Dict, List, Literal, Optional
@@ -58,14 +55,12 @@ from torch import nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ..equilibrium import SolverResult, SolverWarning, implicit, jacobian_vjp
-from ..models.base import SpikeRecord
-from ..models.fastsim import SimOptions
+from ..models.protocols import EquilibriumModel, EquilibriumState, FeedbackDiagnostics, SpikeRecord, StatisticsModel
+from ..neurons.fastsim import SimOptions
 from .base import RULES, LossFn, Rule, StepOutput
 from .graphs import GraphedStep
 
 __all__ = ["IDE", "IDEConfig"]
-
-_INTERFACE = ("begin", "simulate", "equilibrium_map", "readout", "sample_masks")
 
 
 @dataclass
@@ -86,7 +81,7 @@ class IDEConfig:
     in fp32; inner BatchNorms folded into the convolutions); ``channels_last`` lays the
     simulation's convolutions out NHWC; ``cuda_graph`` captures the T-step simulation once per
     input shape as a CUDA graph and replays it (a refused capture warns and falls back). See
-    :mod:`bioprop.models.fastsim`."""
+    :mod:`bioprop.neurons.fastsim`."""
 
     solver: Literal["broyden", "anderson", "fixed_point"] = "broyden"
     max_iter: int = 30
@@ -102,19 +97,9 @@ class IDEConfig:
     cuda_graph: bool = False
 
 
-def _has_fast_path(model: nn.Module) -> bool:
-    """Whether ``model.simulate`` takes the ``fast`` options (inspected once per function)."""
-    return _takes_fast(getattr(model.simulate, "__func__", model.simulate))
-
-
-@functools.lru_cache(maxsize=64)
-def _takes_fast(fn) -> bool:
-    return "fast" in inspect.signature(fn).parameters
-
-
 class IDE(Rule):
     name = "ide"
-    requires_spiking = True
+    protocol = EquilibriumModel
 
     def __init__(self, config: IDEConfig):
         super().__init__(config)
@@ -136,21 +121,10 @@ class IDE(Rule):
         self._graphs: Dict[tuple, GraphedStep] = {}
         self._graph_failed = False
 
-    def prepare(self, model: nn.Module) -> nn.Module:
-        model = super().prepare(model)
-        missing = [m for m in _INTERFACE if not callable(getattr(model, m, None))]
-        if missing:
-            raise TypeError(f"rule 'ide' needs a feedback SNN that declares {', '.join(_INTERFACE)}; "
-                            f"{type(model).__name__} lacks {', '.join(missing)} (use e.g. f400 or f64c5)")
-        if self.config.fast and not _has_fast_path(model):
-            warnings.warn(f"ide: {type(model).__name__}.simulate has no fast path (a 'fast' argument, see "
-                          "bioprop.models.fastsim): its own simulation is used", RuntimeWarning, stacklevel=2)
-        return model
-
     def simulate(self, model: nn.Module, st, time_steps: Optional[int]):
         """The T-step simulation (no autograd) on the configured path."""
         c = self.config
-        if not c.fast or not _has_fast_path(model):
+        if not c.fast:
             return model.simulate(st, time_steps)
         opts = SimOptions(c.precision, c.channels_last)
         if c.cuda_graph and st.drive.is_cuda and not self._graph_failed:
@@ -162,10 +136,11 @@ class IDE(Rule):
                 self._graph_failed = True
         return model.simulate(st, time_steps, fast=opts)
 
-    def _graphed_simulate(self, model: nn.Module, st, time_steps: Optional[int], opts: SimOptions):
+    def _graphed_simulate(self, model: nn.Module, st: EquilibriumState, time_steps: Optional[int],
+                          opts: SimOptions):
         """Replay the simulation as a CUDA graph: the state's tensors (drive, feedback weight,
         masks, ...) are the graph's inputs, the model's parameters and buffers are read in place."""
-        fields = {k: v for k, v in vars(st).items() if k != "rates"}
+        fields = {f.name: getattr(st, f.name) for f in dataclasses.fields(st) if f.name != "rates"}
         leaves, spec = tree_flatten(fields)
         where = [i for i, v in enumerate(leaves) if isinstance(v, torch.Tensor)]
         key = (id(model), time_steps, model.training, str(spec), opts)
@@ -178,7 +153,7 @@ class IDE(Rule):
                 for k, v in tree_unflatten(vals, spec).items():
                     setattr(st2, k, v)
                 a, rec = model.simulate(st2, time_steps, fast=opts)
-                return a, rec, getattr(st2, "rates", None)
+                return a, rec, st2.rates
 
             self._graphs[key] = GraphedStep(run, model)
         a, rec, rates = self._graphs[key](*[leaves[i].detach() for i in where])
@@ -220,7 +195,7 @@ class IDE(Rule):
         logits = model.readout(a_out)
         loss = loss_fn(logits, y)
         self.backward(loss, scaler)
-        if hasattr(model, "update_statistics"):  # BatchNorm statistics that the map held fixed
+        if isinstance(model, StatisticsModel):  # BatchNorm statistics that the map held fixed
             model.update_statistics(st)
         stats = dict(rec.stats())
         with torch.no_grad():
@@ -228,7 +203,7 @@ class IDE(Rule):
             # otherwise turn rounding into a huge ratio)
             floor = 1e-3 * a.numel() ** 0.5
             stats["fixed_point/distance"] = (a - fa.detach()).norm() / a.norm().clamp_min(floor)
-            if hasattr(model, "feedback_stats"):
+            if isinstance(model, FeedbackDiagnostics):
                 stats.update(model.feedback_stats(st))
         if log:
             r = log[-1]
