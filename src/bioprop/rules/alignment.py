@@ -40,6 +40,7 @@ model's optimizer trains ``B`` beside ``W``; ``b_optimizer`` gives ``B`` an opti
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Literal, Optional, Tuple
 
@@ -136,6 +137,18 @@ def fb_layers(model: nn.Module) -> Iterator[Tuple[str, nn.Module]]:
     for name, m in model.named_modules():
         if isinstance(m, (FBLinear, FBConv2d)):
             yield name, m
+
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+def _exact_transport_layers(model: nn.Module) -> List[str]:
+    """Modules with weights of their own that the conversion leaves alone (e.g. a feedback SNN's
+    spectrally normalised feedback operator, a transposed convolution): their backward keeps
+    using their own weights. Normalisation layers are meant to keep backprop and are not listed."""
+    return [f"{name} ({type(m).__name__})" for name, m in model.named_modules()
+            if any(p.requires_grad for p in m.parameters(recurse=False))
+            and not isinstance(m, (FBLinear, FBConv2d) + _NORMS)]
 
 
 def _b_params(model: nn.Module) -> List[nn.Parameter]:
@@ -377,6 +390,10 @@ class AlignmentRule(Rule):
         if not any(True for _ in fb_layers(model)):
             if convert_layers(model, self.generator) == 0:
                 raise TypeError(f"rule {self.name!r}: the model has no nn.Linear or nn.Conv2d layer to convert")
+        kept = _exact_transport_layers(model)
+        if kept:
+            warnings.warn(f"{self.name}: exact weight transport kept in {', '.join(kept)}: not a Linear / Conv2d "
+                          "layer, so its backward uses its own weights", RuntimeWarning, stacklevel=2)
         for _, layer in fb_layers(model):
             if self.name in ("fa", "sign_symmetry"):
                 layer.weight_b.requires_grad_(False)
