@@ -116,6 +116,7 @@ def _converted(m: nn.Module) -> List[Tuple[str, nn.Module]]:
     return list(fb_layers(m))
 
 
+@pytest.mark.filterwarnings("ignore:.*exact weight transport")
 @pytest.mark.parametrize("rule", ["fa", "kp", "wm"])
 @pytest.mark.parametrize("name", list(_SMALL))
 def test_layer_rules_under_ide_act_on_every_weight_layer(name, rule):
