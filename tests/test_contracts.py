@@ -267,3 +267,14 @@ def test_state_dict_keys_and_parameter_order_are_those_of_earlier_checkpoints(na
     assert [k for k, _ in m.named_parameters()] == ref["parameters"]
     old = {k: torch.randn(s) if s else torch.tensor(3) for k, s in ref["state_dict"]}
     m.load_state_dict(old, strict=True)
+
+
+def test_b_is_independent_of_w_when_the_rule_and_the_model_share_a_seed():
+    """torch.manual_seed(0) for the model and a rule with its default seed 0: B must still be an
+    independent draw (it reproduced W exactly in every bias-free layer, making FA exact BP)."""
+    from bioprop.metrics import angle_degrees_tensor
+    for name in ("resnet20", "convnet"):
+        torch.manual_seed(0)
+        model = create_rule("fa").prepare(create_model(name))
+        angles = [float(angle_degrees_tensor(layer.weight_b, layer.weight)) for _, layer in fb_layers(model)]
+        assert min(angles) > 60, (name, angles)

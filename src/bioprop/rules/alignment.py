@@ -165,8 +165,16 @@ def _init_like(w: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def convert_layers(model: nn.Module, generator: torch.Generator) -> int:
     """Swap every ``nn.Linear`` / ``nn.Conv2d`` for its B-carrying twin, in place; ``B`` drawn
-    independently of ``W``. The forward output is unchanged. Returns the number converted."""
+    independently of ``W``. The forward output is unchanged. Returns the number converted.
+
+    ``B`` is drawn from a stream of its own, seeded by one draw from ``generator``: drawn from
+    ``generator`` directly, a rule seeded like the model's initialisation (``torch.manual_seed(0)``
+    and a rule seeded 0, both defaults) reproduced the model's own draws, so that ``B = W`` exactly
+    in every layer without a bias (all of ResNet-20): feedback alignment was exact backprop."""
     count = 0
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    generator = torch.Generator(device=generator.device)
+    generator.manual_seed(seed)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear:
