@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..metrics import angle_degrees_tensor
-from .base import RULES, LossFn, Rule, StepOutput
+from .base import RULES, LossFn, Rule, StepOutput, diagnostic_pass, rng_state
 
 __all__ = ["FBLinear", "FBConv2d", "convert_layers", "fb_layers", "AlignmentRule", "AlignmentConfig",
            "regularizer", "regularizer_grad"]
@@ -419,6 +419,9 @@ class AlignmentRule(Rule):
                 layer.weight_b.copy_(s * mag)
 
     def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, scaler=None) -> StepOutput:
+        c = self.config
+        compare = bool(c.compare_every) and (self.steps + 1) % c.compare_every == 0
+        start = rng_state(model) if compare else None
         inner = self.inner.step(model, x, y, loss_fn, scaler)  # forward + backward through the B kernels
         loss, logits = inner.loss, inner.logits
         stats: Dict[str, Any] = dict(inner.stats)
@@ -454,19 +457,25 @@ class AlignmentRule(Rule):
         if self.config.angle_every and self.steps % self.config.angle_every == 0:
             for name, layer in fb_layers(model):
                 stats[f"align/B_W_angle/{name}"] = angle_degrees_tensor(layer.weight_b, layer.weight)
-        if self.config.compare_every and self.steps % self.config.compare_every == 0:
-            stats.update(self.compare(model, x, y, loss_fn))
+        if compare:
+            stats.update(self.compare(model, x, y, loss_fn, start))
         return StepOutput(loss, logits, stats)
 
-    def compare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn) -> Dict[str, float]:
-        """Angle (degrees) between each layer's weight gradient under this rule and under BP."""
+    def compare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
+                replay=None) -> Dict[str, float]:
+        """Angle (degrees) between each layer's weight gradient under this rule and under BP.
+
+        The BP pass has no effect on training (:func:`~bioprop.rules.base.diagnostic_pass`: BatchNorm
+        statistics and the random state are restored) and, given ``replay`` (the random state before
+        the step's forward), uses the step's dropout masks."""
         layers = list(fb_layers(model))
         ours = {n: l.weight.grad.detach().clone() for n, l in layers if l.weight.grad is not None}
         for _, l in layers:
             l.use_w_backward = True
         try:
             params = [l.weight for _, l in layers]
-            grads = torch.autograd.grad(loss_fn(model(x), y), params, allow_unused=True)
+            with diagnostic_pass(model, replay):
+                grads = torch.autograd.grad(loss_fn(model(x), y), params, allow_unused=True)
         finally:
             for _, l in layers:
                 l.use_w_backward = False
