@@ -24,8 +24,15 @@ Variants:
   beliefs ``v^(n)`` (and ``eps_L = dL/dy`` there), i.e. ``dtheta_l = dF/dtheta_l`` at the point
   inference stopped; ``torch2pc`` reproduces Torch2PC exactly: the errors of the ``n``-th sweep,
   computed at ``v^(n-1)`` before its belief update (one step stale), with the Jacobians
-  ``df_l/dtheta_l`` taken at the final beliefs ``v^(n)``. We keep ``final`` as the default because
-  it is the gradient of the energy that inference minimised; the two agree as inference converges.
+  ``df_l/dtheta_l`` taken at the final beliefs ``v^(n)``, the convention issue 24 measured on the
+  Torch2PC it ran. We keep ``final`` as the default because it is the gradient of the energy that
+  inference minimised; the two agree as inference converges. The Torch2PC reachable here
+  (``TorchSeq2PC.py`` at 85b5944, ``benchmarks/fidelity_pc_strict.py``) differs from both in its
+  belief update: it adds ``+eta J_L^T dL/dy`` at the top hidden layer (its hidden errors are
+  ``v - f(v)``), i.e. its beliefs ascend the loss term; our sweep with that one sign flipped
+  reproduces its beliefs and errors exactly (checked), and its errors match ours only to first
+  order in ``eta`` (7e-4 after 5 sweeps of 0.1 on a small tanh MLP). That version also takes the
+  parameter Jacobians at the feed-forward values (the pre-2022 bug in REFERENCES.md).
 - ``exact``: ``eps_l = dL/dvhat_l`` directly (back-propagated errors, local updates): BP.
 
 Implementation notes. The errors are carried as tensors, never formed as differences of nearly
