@@ -577,3 +577,33 @@ def test_sign_symmetry_scale_is_the_init_std_from_the_fans(init):
             assert torch.equal(torch.sign(l.weight_b), torch.sign(l.weight))
             assert float(l.weight_b.abs().max()) <= math.sqrt(3) * scale
             assert float(l.weight_b.abs().max()) > 0.8 * math.sqrt(3) * scale
+
+
+@pytest.mark.parametrize("mode", ["zeros", "reference"])
+def test_ia_noise_padding_of_a_strided_conv_by_hand(mode):
+    """``noise_padding=reference``: on a strided zero-padded convolution the reference pads the
+    input explicitly and convolves 'VALID', so its noise covers the padding ring and IA's
+    reconstruction term reconstructs the ring too. R written out with plain convolutions (sum over
+    positions, mean over samples: ``position_mean=false``), differentiated by autograd, against
+    the rule's B.grad; ``zeros`` (ours) draws noise of the unpadded input and zero-pads."""
+    torch.manual_seed(6)
+    m = nn.Sequential(nn.Conv2d(2, 3, 3, stride=2, padding=1, bias=False)).double()
+    rule = create_rule("ia", position_mean=False, noise_padding=mode)
+    m = rule.prepare(m)
+    x = torch.randn(4, 2, 8, 8, dtype=torch.float64)
+    replay = torch.Generator()
+    replay.set_state(rule.generator.get_state())
+    rule.step(m, x, torch.zeros(4, dtype=torch.long), lambda out, y: out.sum())
+    pad = 1 if mode == "reference" else 0
+    noise = torch.randn(4, 2, 8 + 2 * pad, 8 + 2 * pad, generator=replay, dtype=torch.float64)
+    W = m[0].weight.detach()
+    B = m[0].weight_b.detach().clone().requires_grad_(True)
+    conv_pad = 0 if mode == "reference" else 1
+    yw = F.conv2d(noise, W, stride=2, padding=conv_pad)
+    yb = F.conv2d(noise, B, stride=2, padding=conv_pad)
+    recon = torch.nn.grad.conv2d_input(noise.shape, B, yw, stride=2, padding=conv_pad)
+    a, b, g = 2e-3, 1e-3, 1e-3
+    R = -a * (yw * yb).sum() / 4 + b * (recon ** 2).sum() / 4 + g * (B ** 2).sum()
+    (want,) = torch.autograd.grad(R, B)
+    torch.testing.assert_close(m[0].weight_b.grad, want, rtol=1e-12, atol=1e-15)
+    assert m[0].padding == (1, 1)  # the layer's own padding is back

@@ -39,12 +39,12 @@ model's optimizer trains ``B`` beside ``W``; ``b_optimizer`` gives ``B`` an opti
 The reference code's regularisers (neuroailab/Neural-Alignment, TF1) are reproduced by
 ``position_mean=False`` (sum over positions), ``reg_bias=True`` (its ``use_bias_forward`` /
 ``use_bias_backward``, on by default there) and ``batch_center`` as its
-``batch_center_backward_input`` (the centred input feeds only ``A_B``). One difference remains, on
-purpose: for the convolutions the reference pads explicitly (its strided convolutions: ``tf.pad``,
-then ``'VALID'``), its WM/IA noise has the padded input's shape, so noise fills the padding ring
-and IA's reconstruction term ``A_B^T A_W x`` also reconstructs the ring; ours draws noise of the
-layer's (unpadded) input and convolves with zero padding, so the ring is zero, as it is for the
-real activations the layer sees. Linear layers and stride-1 ``'SAME'`` convolutions agree exactly.
+``batch_center_backward_input`` (the centred input feeds only ``A_B``) and
+``noise_padding=reference``: for the convolutions the reference pads explicitly (its strided
+convolutions: ``tf.pad``, then ``'VALID'``), its WM/IA noise has the padded input's shape, so noise
+fills the padding ring and IA's reconstruction term ``A_B^T A_W x`` also reconstructs the ring. By
+default (``noise_padding=zeros``) ours draws noise of the layer's (unpadded) input and convolves
+with zero padding, so the ring is zero, as it is for the real activations the layer sees.
 Sign symmetry follows biotorch (``sign_init``: the Xavier std by default).
 """
 
@@ -239,8 +239,13 @@ class AlignmentConfig:
     ``reg_bias``: add the layer's bias to both projections inside R, as the reference code does by
     default (``use_bias_forward`` / ``use_bias_backward``); off by default here: the bias is not part
     of the alignment of B with W, and with it AA's sparse term pulls ``A_B x`` towards ``-b``.
-    ``position_mean=False, reg_bias=True`` (and, for BatchNorm-free layers, the same noise) give
-    the reference's regularisers.
+    ``noise_padding`` (wm, ia): ``zeros`` (default) draws noise of the layer's input and convolves
+    with the layer's zero padding, so the padding ring is zero as for real activations;
+    ``reference``: for strided zero-padded convolutions, which the reference pads explicitly
+    (``tf.pad``, then ``'VALID'``), the noise covers the padded input, ring included, and R uses the
+    convolution without padding, so IA's reconstruction term also reconstructs the ring.
+    ``position_mean=False, reg_bias=True, noise_padding=reference`` give the reference's
+    regularisers.
     ``b_optimizer``: ``model`` (default) trains B with the model's optimizer and schedule;
     ``sgd`` or ``adam`` give B an optimizer of its own (the reference code's
     ``alignment_optimizer``) with a constant learning rate ``b_lr`` (the reference's
@@ -269,6 +274,7 @@ class AlignmentConfig:
     model_rule_config: Dict[str, Any] = field(default_factory=dict)
     batch_center: bool = False
     reg_bias: bool = False
+    noise_padding: Literal["zeros", "reference"] = "zeros"
     b_optimizer: Literal["model", "sgd", "adam"] = "model"
     b_lr: float = 1e-3
     b_momentum: float = 0.9
@@ -281,6 +287,15 @@ DEFAULTS = {"wm": (1e-3, 1e-3, 0.0), "ia": (2e-3, 1e-3, 1e-3), "sa": (1e-3, 2e-3
 def _positions(layer: nn.Module, y: torch.Tensor) -> int:
     """Output positions per sample of ``layer`` (1 for a Linear layer on [n, in])."""
     return y[0].numel() // layer.weight.shape[0]
+
+
+def _padding_ring(layer: nn.Module) -> Optional[Tuple[int, int]]:
+    """The padding the reference applies explicitly (``tf.pad``, then a ``'VALID'`` convolution):
+    that of a strided, zero-padded convolution; ``None`` for any other layer (the reference's
+    stride-1 convolutions pad implicitly, ``'SAME'``, as ours do)."""
+    if isinstance(layer, FBConv2d) and max(layer.stride) > 1 and max(layer.padding) > 0:
+        return int(layer.padding[0]), int(layer.padding[1])
+    return None
 
 
 def _weight_grad(layer: nn.Module, inp: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
@@ -424,6 +439,8 @@ class AlignmentRule(Rule):
                 f"regulariser ({', '.join(DEFAULTS)}); {name}'s B is "
                 + ("fixed" if name in ("fa", "sign_symmetry") else "updated with dW and needs the model's optimizer")
                 + ": leave b_optimizer=model")
+        if config.noise_padding not in ("zeros", "reference"):
+            raise ValueError(f"{name}: unknown noise_padding {config.noise_padding!r}; choose zeros or reference")
         if config.sign_init not in ("xavier", "default"):
             raise ValueError(f"{name}: unknown sign_init {config.sign_init!r}; choose xavier or default")
         if config.b_lr <= 0 or config.b_weight_decay < 0 or not 0 <= config.b_momentum < 1:
@@ -515,13 +532,24 @@ class AlignmentRule(Rule):
                     shape = getattr(layer, "input_shape", None)
                     if shape is None:
                         continue
+                    ring = _padding_ring(layer) if self.config.noise_padding == "reference" else None
+                    if ring is not None:  # noise over the explicitly padded input, convolved 'VALID'
+                        shape = tuple(shape[:-2]) + (shape[-2] + 2 * ring[0], shape[-1] + 2 * ring[1])
                     inp = torch.randn(shape, generator=self.generator, device=layer.weight.device,
                                       dtype=layer.weight.dtype) * self.config.sigma
                 else:
                     inp = None
                 back_in = inp - inp.mean(0, keepdim=True) if self.config.batch_center and inp is not None else None
-                g = regularizer_grad(self.name, layer, inp, self.alpha, self.beta, self.gamma,
-                                     self.config.position_mean, back_in, self.config.reg_bias)
+                padding = layer.padding if isinstance(layer, FBConv2d) else None
+                if self.name in ("wm", "ia") and self.config.noise_padding == "reference" and \
+                        _padding_ring(layer) is not None:
+                    layer.padding = (0, 0)
+                try:
+                    g = regularizer_grad(self.name, layer, inp, self.alpha, self.beta, self.gamma,
+                                         self.config.position_mean, back_in, self.config.reg_bias)
+                finally:
+                    if padding is not None:
+                        layer.padding = padding
                 if self.config.reg_scale != 1.0:
                     g = g * self.config.reg_scale
                 if scaler is not None and self.b_opt is None:
