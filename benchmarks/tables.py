@@ -30,21 +30,18 @@ def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.2f}"
 
 
-#: published figures of the reference implementations (REFERENCES.md), for the configs that reproduce them
-PUBLISHED = {
-    "configs/ide_f400_fmnist_if.yaml": "90.04 +- 0.09 (best 90.14)",
-    "configs/ide_f400_fmnist_lif.yaml": "90.07 +- 0.10 (best 90.25)",
-    "configs/ide_f64c5_mnist_if.yaml": "99.49 +- 0.04 (best 99.55)",
-    "configs/ide_f64c5_mnist_lif.yaml": "99.53 +- 0.04 (best 99.59)",
-    "configs/ide_f64c5_nmnist_if.yaml": "99.30 +- 0.04 (best 99.35)",
-    "configs/ide_f64c5_nmnist_lif.yaml": "99.42 +- 0.04 (best 99.47)",
-    "configs/ide_alexnet_f_cifar10_t30_lif.yaml": "91.74 +- 0.09 (best 91.92)",
-    "configs/tssl_mnist_cnn.yaml": "99.50 +- 0.02 (best 99.53)",
-    "configs/tssl_fmnist_mlp.yaml": "89.75 (best 89.92)",
-    "configs/tssl_fmnist_cnn.yaml": "92.69 +- 0.09 (best 92.83)",
-    "configs/tssl_cifar10_cnn.yaml": "88.98 +- 0.27 (best 89.22)",
-    "configs/tssl_cifar10_large.yaml": "91.41",
-}
+#: figures from other runs (published accuracies, the reference codes' timings, issue targets), with
+#: their sources: benchmarks/published.json
+PUBLISHED_FILE = Path(__file__).resolve().parent / "published.json"
+
+
+def published() -> Dict:
+    return json.loads(PUBLISHED_FILE.read_text())
+
+
+def _published_accuracy(config: str) -> str:
+    entry = published()["accuracy"].get(config)
+    return "-" if entry is None else entry["figure"]
 
 
 def _val_selected(r: Dict) -> str:
@@ -76,7 +73,7 @@ def train_table(name: str = "train.jsonl", published: bool = True) -> str:
         tt = "-" if secs is None else f"{secs / 60:.1f} min"
         data = "CIFAR-10 (JPEG q75 copy)" if r["data"] == "cifar10" else r["data"]  # the only CIFAR-10 here
         out.append(f"| `{r['config']}`{ov} | {data} | {r['rule']['name']} | {T} | {ep} | {r['seed']} "
-                   f"| {acc} | {_val_selected(r)} | {_pct(r.get('best_test_acc'))} | {PUBLISHED.get(r['config'], '-') if published else '-'} "
+                   f"| {acc} | {_val_selected(r)} | {_pct(r.get('best_test_acc'))} | {_published_accuracy(r['config']) if published else '-'} "
                    f"| {r['train_images_per_s']:,.0f} | {tt} | {mem} | {r['device']} | {r.get('commit') or '-'} |")
     return "\n".join(out) + "\n"
 
@@ -136,13 +133,20 @@ def pc_speed_table() -> str:
     rows = _newest_commit(_lines("pc_speed.jsonl"))
     if not rows:
         return "_No results in benchmarks/results/pc_speed.jsonl yet._\n"
-    out = ["| variant | ms / step | x eager BP (same run) | reference x BP (H100) | reference ms | faster than reference |",
+    ref = published()["pc_reference_speed"]
+    out = ["| variant | ms / step | ratio to eager BP (same run) | reference's own ratio to BP (its run) "
+           "| reference ms (its run) | reference ms / ours (cross-run, not a ratio) |",
            "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        out.append(f"| {r['variant']} | {r['median_ms']:.2f} | {r['ratio_to_bp']:.2f} | {r['reference_ratio_to_bp_h100']} "
-                   f"| {r['reference_ms_h100']:.1f} | {r['reference_ms_h100'] / r['median_ms']:.1f}x |")
+        key = r["variant"].replace(" eager", "")
+        rr = ref["ratio_to_bp"].get(key)
+        rms = None if rr is None else rr * ref["bp_ms"]
+        cells = ["-", "-", "-"] if rr is None else [f"{rr}", f"{rms:.1f}", f"{rms / r['median_ms']:.1f}"]
+        out.append(f"| {r['variant']} | {r['median_ms']:.2f} | {r['ratio_to_bp']:.2f} | " + " | ".join(cells) + " |")
     r = rows[0]
-    return "\n".join(out) + f"\n\nBatch {r['batch']}, Adam step included; {r['device']}, torch {r['torch']}, commit {r['commit']}.\n"
+    return ("\n".join(out) + f"\n\nBatch {r['batch']}, Adam step included; {r['device']}, torch {r['torch']}, commit {r['commit']}. "
+            f"Reference figures: {ref['device']}, batch {ref['batch']} (benchmarks/published.json); the last column "
+            "divides figures from two runs on different machines.\n")
 
 
 def ide_memory_table() -> str:
@@ -192,40 +196,55 @@ def tssl_speed_table() -> str:
             f"weight clamp; {r['device']}, torch {r['torch']}, commit {r['commit']}.\n")
 
 
-#: the original IDE code on one H100 (issue #8): train img/s, peak MiB; and the bar for the fast path
-IDE_ORIGINAL = {("f400", 5): (5121, 101, 51000), ("f64c5", 30): (722, 592, 7200), ("alexnet_f", 30): (421, 1444, 4200),
-                ("cifarnet_f", 30): (305, 2424, 1800), ("alexnet_f", 100): (400, 1446, 2400)}
+def _ide_original(model: str, T: int):
+    """``(img/s, peak MiB, bar img/s)`` of the original IDE code (published.json), or ``None``."""
+    for r in published()["ide_original_speed"]["rows"]:
+        if (r["model"], r["T"]) == (model, T):
+            return r["train_images_per_s"], r["peak_memory_mib"], r["bar_images_per_s"]
+    return None
 
 
 def ide_speed_table() -> str:
-    rows = [r for r in _newest_commit(_lines("ide_speed.jsonl")) if not r.get("smoke")]
-    if not rows:
+    """One table per device (the newest commit's rows on each): the fast path against the reference
+    path of the same run, and, on a GPU, beside the original code's H100 figures (another run)."""
+    lines = [r for r in _lines("ide_speed.jsonl") if not r.get("smoke")]
+    if not lines:
         return ("_No results in benchmarks/results/ide_speed.jsonl yet (GPU figures not measured; "
                 "`python benchmarks/ide_speed.py` on a GPU measures them)._\n")
-    out = ["| model | T | original code img/s (MiB) | bar img/s | reference path img/s (MiB) | fast path img/s (MiB), "
-           "best variant | x reference path | x original | eval img/s ref / fast | solver iters |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for cfg in dict.fromkeys(r["config"] for r in rows):
-        rs = [r for r in rows if r["config"] == cfg and "train_images_per_s" in r]
-        ref = next((r for r in rs if r["variant"] == "reference"), None)
-        fast = [r for r in rs if r["variant"] != "reference" and not r.get("graph_failed")]
-        if ref is None or not fast:
-            continue
-        best = max(fast, key=lambda r: r["train_images_per_s"])
-        orig = IDE_ORIGINAL.get((ref["model"], ref["T"]))
-        mem = lambda r: "-" if r.get("peak_memory_mib") is None else f"{r['peak_memory_mib']:,.0f}"  # noqa: E731
-        o = "-" if orig is None else f"{orig[0]:,} ({orig[1]:,})"
-        bar = "-" if orig is None else f"{orig[2]:,}"
-        xo = "-" if orig is None else f"{best['train_images_per_s'] / orig[0]:.1f}x"
-        out.append(f"| {ref['model']} ({ref['neuron']}) | {ref['T']} | {o} | {bar} | {ref['train_images_per_s']:,.0f} ({mem(ref)}) "
-                   f"| {best['train_images_per_s']:,.0f} ({mem(best)}), `{best['variant']}` "
-                   f"| {best['train_images_per_s'] / ref['train_images_per_s']:.2f}x | {xo} "
-                   f"| {ref['eval_images_per_s']:,.0f} / {best['eval_images_per_s']:,.0f} "
-                   f"| {ref.get('solver_iters_mean') or 0:.0f} / {best.get('solver_iters_mean') or 0:.0f} |")
-    r = rows[0]
-    variants = ", ".join(f"`{v}`" for v in dict.fromkeys(r["variant"] for r in rows))
-    return ("\n".join(out) + f"\n\nBatch {r['batch']}, random input at initialisation, one step = rule.step + SGD; "
-            f"variants measured: {variants}; {r['device']}, torch {r['torch']}, commit {r['commit']}.\n")
+    parts = []
+    for device in dict.fromkeys(r["device"] for r in lines):
+        rows = _newest_commit([r for r in lines if r["device"] == device])
+        gpu = not str(device).lower().startswith("cpu")
+        out = ["| model | T | original code img/s (MiB), H100, its run | bar img/s | reference path img/s (MiB) "
+               "| fast path img/s (MiB), best variant | ratio to reference path (same run) "
+               "| ours / original img/s (cross-run, not a ratio) | eval img/s ref / fast | solver iters |",
+               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for cfg in dict.fromkeys(r["config"] for r in rows):
+            rs = [r for r in rows if r["config"] == cfg and "train_images_per_s" in r]
+            ref = next((r for r in rs if r["variant"] == "reference"), None)
+            fast = [r for r in rs if r["variant"] != "reference" and not r.get("graph_failed")]
+            if ref is None or not fast:
+                continue
+            best = max(fast, key=lambda r: r["train_images_per_s"])
+            orig = _ide_original(ref["model"], ref["T"]) if gpu else None
+            mem = lambda r: "-" if r.get("peak_memory_mib") is None else f"{r['peak_memory_mib']:,.0f}"  # noqa: E731
+            o = "-" if orig is None else f"{orig[0]:,} ({orig[1]:,})"
+            bar = "-" if orig is None else f"{orig[2]:,}"
+            xo = "-" if orig is None else f"{best['train_images_per_s'] / orig[0]:.1f}"
+            ratio = best.get("train_speedup_vs_reference") or best["train_images_per_s"] / ref["train_images_per_s"]
+            out.append(f"| {ref['model']} ({ref['neuron']}) | {ref['T']} | {o} | {bar} | {ref['train_images_per_s']:,.0f} ({mem(ref)}) "
+                       f"| {best['train_images_per_s']:,.0f} ({mem(best)}), `{best['variant']}` "
+                       f"| {ratio:.2f}x | {xo} "
+                       f"| {ref['eval_images_per_s']:,.0f} / {best['eval_images_per_s']:,.0f} "
+                       f"| {ref.get('solver_iters_mean') or 0:.0f} / {best.get('solver_iters_mean') or 0:.0f} |")
+        r = rows[0]
+        variants = ", ".join(f"`{v}`" for v in dict.fromkeys(r["variant"] for r in rows))
+        how = ("variants timed interleaved, step by step" if r.get("interleaved") else "variants timed one after the other")
+        note = (" CPU timings on a machine shared with other jobs: only the same-run ratio means anything."
+                if not gpu else "")
+        parts.append("\n".join(out) + f"\n\nBatch {r['batch']}, random input at initialisation, one step = rule.step + SGD; "
+                     f"variants measured: {variants} ({how}); {r['device']}, torch {r['torch']}, commit {r['commit']}.{note}\n")
+    return "\n".join(parts)
 
 
 def feedback_ablation_table(name: str = "ablation_f64c5_gain.jsonl") -> str:

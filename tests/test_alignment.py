@@ -417,3 +417,193 @@ def test_batch_centred_aa_ignores_the_input_mean():
     assert not torch.allclose(grads[False, 0.0], grads[False, 1.0], rtol=1e-3)
     layer = m[0]
     torch.testing.assert_close(grads[True, 1.0], regularizer_grad("aa", layer, x - x.mean(0), 1e-3, 2e-3, 0.0))
+
+
+# -- B-carrying layers: the input gradient goes through B, by hand ------------------------------
+
+def test_linear_input_gradient_is_dy_times_b_by_hand():
+    """dx = dy B (B != W), dW = dy^T x, db = sum dy: written out, not through our layer's code."""
+    g = torch.Generator().manual_seed(1)
+    m = nn.Sequential(nn.Linear(5, 3)).double()
+    create_rule("fa").prepare(m)
+    layer = m[0]
+    assert not torch.allclose(layer.weight_b, layer.weight)
+    x = torch.randn(4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    dy = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    layer(x).backward(dy)
+    B = layer.weight_b.detach()
+    want = torch.zeros(4, 5, dtype=torch.float64)
+    for n in range(4):
+        for i in range(5):
+            want[n, i] = sum(dy[n, o] * B[o, i] for o in range(3))
+    torch.testing.assert_close(x.grad, want, rtol=1e-13, atol=1e-14)
+    torch.testing.assert_close(layer.weight.grad, dy.T @ x.detach(), rtol=1e-13, atol=1e-14)
+    torch.testing.assert_close(layer.bias.grad, dy.sum(0), rtol=1e-13, atol=1e-14)
+
+
+def test_conv_input_gradient_is_transposed_conv_with_b_by_hand():
+    """Conv2d with stride 2 and padding 1: dx[n, c, i, j] = sum over output positions (p, q) and
+    taps (u, v) with i = s p + u - pad, j = s q + v - pad of dy[n, o, p, q] B[o, c, u, v]."""
+    g = torch.Generator().manual_seed(2)
+    m = nn.Sequential(nn.Conv2d(2, 3, 3, stride=2, padding=1)).double()
+    create_rule("fa").prepare(m)
+    layer = m[0]
+    x = torch.randn(2, 2, 7, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    y = layer(x)
+    dy = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    y.backward(dy)
+    B = layer.weight_b.detach()
+    want = torch.zeros(2, 2, 7, 7, dtype=torch.float64)
+    s, pad = 2, 1
+    for p in range(y.shape[2]):
+        for q in range(y.shape[3]):
+            for u in range(3):
+                for v in range(3):
+                    i, j = s * p + u - pad, s * q + v - pad
+                    if 0 <= i < 7 and 0 <= j < 7:
+                        want[:, :, i, j] += dy[:, :, p, q] @ B[:, :, u, v]
+    torch.testing.assert_close(x.grad, want, rtol=1e-12, atol=1e-13)
+    W = layer.weight.detach()
+    want_w = torch.zeros_like(W)
+    xp = F.pad(x.detach(), (pad, pad, pad, pad))
+    for p in range(y.shape[2]):
+        for q in range(y.shape[3]):
+            patch = xp[:, :, s * p:s * p + 3, s * q:s * q + 3]  # [N, C, 3, 3]
+            want_w += torch.einsum("no,ncuv->ocuv", dy[:, :, p, q], patch)
+    torch.testing.assert_close(layer.weight.grad, want_w, rtol=1e-12, atol=1e-13)
+
+
+# -- the reference's options: backward-input centring, biases in the projections ----------------
+
+def _linear_fb(seed=0, bias=True):
+    torch.manual_seed(seed)
+    m = nn.Sequential(nn.Linear(6, 4, bias=bias)).double()
+    create_rule("kp").prepare(m)
+    with torch.no_grad():
+        m[0].bias.normal_() if bias else None
+    return m[0]
+
+
+@pytest.mark.parametrize("rule", ["wm", "aa", "ia"])
+@pytest.mark.parametrize("conv", [False, True])
+def test_regularizer_grad_with_backward_input_and_bias_matches_autograd(rule, conv):
+    torch.manual_seed(3)
+    if conv:
+        m = nn.Sequential(nn.Conv2d(2, 3, 3, stride=2, padding=1)).double()
+        create_rule("kp").prepare(m)
+        x = torch.randn(5, 2, 7, 7, dtype=torch.float64) + 0.7
+    else:
+        m = nn.Sequential(nn.Linear(6, 4)).double()
+        create_rule("kp").prepare(m)
+        x = torch.randn(5, 6, dtype=torch.float64) + 0.7
+    layer = m[0]
+    xb = x - x.mean(0, keepdim=True)
+    a, b, g = 2e-3, 1e-3, 1e-3
+    for pm in (True, False):
+        (ref,) = torch.autograd.grad(regularizer(rule, layer, x, a, b, g, pm, xb, True), layer.weight_b)
+        torch.testing.assert_close(regularizer_grad(rule, layer, x, a, b, g, pm, xb, True), ref,
+                                   rtol=1e-10, atol=1e-14)
+
+
+def test_batch_center_ia_centres_only_the_backward_input_by_hand():
+    """The reference centres the backward input only: IA's amp term pairs W x with B (x - mean x),
+    its reconstruction B^T W x keeps the raw x. R written out for a Linear layer (sum over samples /
+    N), differentiated by autograd, against the rule's B.grad."""
+    torch.manual_seed(4)
+    layer = _linear_fb(bias=False)
+    x = torch.randn(16, 6, dtype=torch.float64) + 1.5
+    xc = x - x.mean(0)
+    W, B = layer.weight.detach(), layer.weight_b.detach().clone().requires_grad_(True)
+    a, b, g = 2e-3, 1e-3, 1e-3
+    n = x.shape[0]
+    amp = -((x @ W.T) * (xc @ B.T)).sum() / n
+    null = (((x @ W.T) @ B) ** 2).sum() / n
+    (want,) = torch.autograd.grad(a * amp + b * null + g * (B ** 2).sum(), B)
+    got = regularizer_grad("ia", layer, x, a, b, g, True, xc)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)
+    # ... which is not IA on fully centred inputs (the old behaviour)
+    assert not torch.allclose(regularizer_grad("ia", layer, xc, a, b, g, True), want, rtol=1e-6)
+    # the rule passes the raw noise to A_W and the centred noise to A_B
+    m = nn.Sequential(nn.Linear(6, 4, bias=False)).double()
+    rule = create_rule("ia", batch_center=True)
+    m = rule.prepare(m)
+    replay = torch.Generator()
+    replay.set_state(rule.generator.get_state())
+    rule.step(m, x, torch.randint(0, 4, (16,)), F.cross_entropy)
+    noise = torch.randn(x.shape, generator=replay, dtype=torch.float64)
+    want_rule = regularizer_grad("ia", m[0], noise, a, b, g, True, noise - noise.mean(0))
+    torch.testing.assert_close(m[0].weight_b.grad, want_rule, rtol=1e-12, atol=1e-15)
+    # for wm the two agree (amp is bilinear: centring one side centres both)
+    torch.testing.assert_close(regularizer_grad("wm", layer, x, 1e-3, 1e-3, 0.0, True, xc),
+                               regularizer_grad("wm", layer, xc, 1e-3, 1e-3, 0.0, True), rtol=1e-12, atol=1e-15)
+
+
+def test_reg_bias_adds_the_bias_to_both_projections_by_hand():
+    torch.manual_seed(5)
+    layer = _linear_fb(bias=True)
+    x = torch.randn(8, 6, dtype=torch.float64)
+    W, bvec = layer.weight.detach(), layer.bias.detach()
+    B = layer.weight_b.detach().clone().requires_grad_(True)
+    a, b = 1.5e-3, 2e-3  # at AA's defaults (beta = 2 alpha) the bias terms cancel in dR/dB
+    yw, yb = x @ W.T + bvec, x @ B.T + bvec
+    R = a * (yb ** 2).sum() / 8 - b * (yw * yb).sum() / 8
+    (want,) = torch.autograd.grad(R, B)
+    torch.testing.assert_close(regularizer_grad("aa", layer, x, a, b, 0.0, True, None, True), want,
+                               rtol=1e-12, atol=1e-15)
+    assert not torch.allclose(regularizer_grad("aa", layer, x, a, b, 0.0, True), want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("init", ["xavier", "default"])
+def test_sign_symmetry_scale_is_the_init_std_from_the_fans(init):
+    """uSF: B = sign(W) sqrt(2 / (fan_in + fan_out)) (biotorch's Xavier scale), or 1 / sqrt(3 fan_in)
+    for PyTorch's default init; exact and deterministic. brSF / frSF magnitudes stay within the
+    uniform bound sqrt(3) x that std."""
+    m = _net()
+    rule = create_rule("sign_symmetry", sign_init=init)
+    m = rule.prepare(m)
+    for _, l in fb_layers(m):
+        fan_in = l.weight[0].numel()
+        fan_out = l.weight.shape[0] * l.weight[0, 0].numel()
+        scale = math.sqrt(2 / (fan_in + fan_out)) if init == "xavier" else 1 / math.sqrt(3 * fan_in)
+        torch.testing.assert_close(l.weight_b, torch.sign(l.weight) * scale, rtol=0, atol=0)
+    for mode in ("brsf", "frsf"):
+        m = _net()
+        rule = create_rule("sign_symmetry", sign_mode=mode, sign_init=init)
+        m = rule.prepare(m)
+        for _, l in fb_layers(m):
+            fan_in = l.weight[0].numel()
+            fan_out = l.weight.shape[0] * l.weight[0, 0].numel()
+            scale = math.sqrt(2 / (fan_in + fan_out)) if init == "xavier" else 1 / math.sqrt(3 * fan_in)
+            assert torch.equal(torch.sign(l.weight_b), torch.sign(l.weight))
+            assert float(l.weight_b.abs().max()) <= math.sqrt(3) * scale
+            assert float(l.weight_b.abs().max()) > 0.8 * math.sqrt(3) * scale
+
+
+@pytest.mark.parametrize("mode", ["zeros", "reference"])
+def test_ia_noise_padding_of_a_strided_conv_by_hand(mode):
+    """``noise_padding=reference``: on a strided zero-padded convolution the reference pads the
+    input explicitly and convolves 'VALID', so its noise covers the padding ring and IA's
+    reconstruction term reconstructs the ring too. R written out with plain convolutions (sum over
+    positions, mean over samples: ``position_mean=false``), differentiated by autograd, against
+    the rule's B.grad; ``zeros`` (ours) draws noise of the unpadded input and zero-pads."""
+    torch.manual_seed(6)
+    m = nn.Sequential(nn.Conv2d(2, 3, 3, stride=2, padding=1, bias=False)).double()
+    rule = create_rule("ia", position_mean=False, noise_padding=mode)
+    m = rule.prepare(m)
+    x = torch.randn(4, 2, 8, 8, dtype=torch.float64)
+    replay = torch.Generator()
+    replay.set_state(rule.generator.get_state())
+    rule.step(m, x, torch.zeros(4, dtype=torch.long), lambda out, y: out.sum())
+    pad = 1 if mode == "reference" else 0
+    noise = torch.randn(4, 2, 8 + 2 * pad, 8 + 2 * pad, generator=replay, dtype=torch.float64)
+    W = m[0].weight.detach()
+    B = m[0].weight_b.detach().clone().requires_grad_(True)
+    conv_pad = 0 if mode == "reference" else 1
+    yw = F.conv2d(noise, W, stride=2, padding=conv_pad)
+    yb = F.conv2d(noise, B, stride=2, padding=conv_pad)
+    recon = torch.nn.grad.conv2d_input(noise.shape, B, yw, stride=2, padding=conv_pad)
+    a, b, g = 2e-3, 1e-3, 1e-3
+    R = -a * (yw * yb).sum() / 4 + b * (recon ** 2).sum() / 4 + g * (B ** 2).sum()
+    (want,) = torch.autograd.grad(R, B)
+    torch.testing.assert_close(m[0].weight_b.grad, want, rtol=1e-12, atol=1e-15)
+    assert m[0].padding == (1, 1)  # the layer's own padding is back

@@ -90,3 +90,33 @@ def test_spike_train_input_time_first():
     assert logits.shape == (3, 2) and rec.time_steps == 9
     with pytest.raises(ValueError, match=r"\[B, 4\]"):
         m(torch.randn(3, 5))
+
+
+def test_bptt_time_steps_is_training_only():
+    """``rule.time_steps`` sets T for training steps; evaluation keeps the model's T."""
+    import torch.nn.functional as F
+
+    from bioprop import create_rule
+
+    torch.manual_seed(0)
+    m = create_model("spiking_mlp", in_shape=[4], hidden=[5], num_classes=2, time_steps=6)
+    rule = create_rule("bptt", time_steps=2)
+    m = rule.prepare(m)
+    assert m.time_steps == 6
+    x, y = torch.randn(3, 4), torch.tensor([0, 1, 0])
+    out = rule.step(m, x, y, F.cross_entropy)
+    assert out.stats is not None and m.time_steps == 6
+    seen = []
+    orig = type(m).run
+
+    def spy(self, inp):
+        seen.append(self.time_steps)
+        return orig(self, inp)
+
+    type(m).run = spy
+    try:
+        rule.step(m, x, y, F.cross_entropy)
+        rule.predict(m, x)
+    finally:
+        type(m).run = orig
+    assert seen == [2, 6] and m.time_steps == 6

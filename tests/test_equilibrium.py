@@ -167,3 +167,26 @@ def test_batched_broyden_equals_the_plain_loop(memory):
     assert float((ref.x - fast.x).norm() / ref.x.norm()) < 1e-10
     # and it is a real solve: the residual fell by orders of magnitude from g0 = b
     assert ref.residual < 1e-3
+
+
+@pytest.mark.parametrize("products", ["bmm", "loop"])
+def test_batched_history_products_equal_the_list_history(products):
+    """Both ways of applying the batched buffers (bmm: the CUDA default; loop: the CPU default)
+    give H z and z^T H of the term-by-term lists, with H = -I + sum_i u_i v_i^T per sample."""
+    from bioprop.equilibrium.solvers import _BatchedHistory, _ListHistory
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.zeros(3, 7, dtype=torch.float64)
+    lst, bat = _ListHistory(x, 5), _BatchedHistory(x, 5, products=products)
+    assert bat.products == products
+    z = torch.randn(3, 7, generator=g, dtype=torch.float64)
+    for _ in range(4):
+        u, vt = torch.randn(3, 7, generator=g, dtype=torch.float64), torch.randn(3, 7, generator=g, dtype=torch.float64)
+        lst.append(u, vt)
+        bat.append(u, vt)
+        torch.testing.assert_close(bat.matvec(z), lst.matvec(z), rtol=1e-13, atol=1e-13)
+        torch.testing.assert_close(bat.rmatvec(z), lst.rmatvec(z), rtol=1e-13, atol=1e-13)
+    H = -torch.eye(7, dtype=torch.float64) + sum(torch.einsum("bi,bj->bij", u, v) for u, v in zip(lst.us, lst.vts))
+    torch.testing.assert_close(bat.matvec(z), torch.einsum("bij,bj->bi", H, z), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(bat.rmatvec(z), torch.einsum("bi,bij->bj", z, H), rtol=1e-12, atol=1e-12)
+    assert _BatchedHistory(x, 5).products == "loop"  # the CPU default: the faster products there

@@ -80,3 +80,42 @@ def test_nmnist_config_runs_one_short_epoch(tmp_path, capsys):
     rc = main(["train", "--config", str(cfg), "--device", "cpu", "--data-dir", str(tmp_path / "data"),
                "data.time_steps=5", "model.time_steps=5", "train.epochs=1", f"train.out_dir={tmp_path}"])
     assert rc == 0 and '"test_acc"' in capsys.readouterr().out
+
+
+def test_overflow_events_are_dropped_and_shift_later_timestamps(tmp_path):
+    """The official reader's convention: a y = 240 event is a timestamp-overflow marker, dropped, and
+    every event from it on gets 2^13 us added (per marker). The file is written here, byte by byte."""
+    from bioprop.data.events import OVERFLOW_US
+
+    raw = np.array([[3, 4, 1, 100],      # ordinary events (x, y, p, t)
+                    [5, 6, 0, 8000],
+                    [0, 240, 0, 0],      # overflow marker
+                    [7, 8, 1, 50],       # -> 50 + 8192
+                    [0, 240, 0, 0],      # second marker
+                    [9, 10, 0, 60]])     # -> 60 + 2 * 8192
+    f = tmp_path / "o.bin"
+    write_nmnist_events(f, raw)
+    ev = read_nmnist_events(f)
+    assert OVERFLOW_US == 8192
+    assert ev.tolist() == [[3, 4, 1, 100], [5, 6, 0, 8000], [7, 8, 1, 50 + 8192], [9, 10, 0, 60 + 16384]]
+    # binned with 1 ms frames, the shifted events land 8 and 16 frames later
+    frames = bin_events(ev, time_steps=20, bin_us=1000)
+    assert frames[8, 1, 8, 7] == 1 and frames[16, 0, 10, 9] == 1 and frames[0, 0, 8, 7] == 0
+
+
+def test_model_time_steps_must_match_the_spike_train(tmp_path):
+    """A spike-train input brings its own T; a model.time_steps the model would ignore is refused."""
+    from bioprop.config import ConfigError
+    from bioprop.train import RunConfig
+    from bioprop.train.trainer import build_run
+
+    _write_dataset(tmp_path / "N-MNIST", per_class=1)
+    cfg = lambda t: RunConfig.from_dict({  # noqa: E731
+        "model": {"name": "f64c5", "in_shape": [2, 34, 34], "channels": 4, "time_steps": t},
+        "rule": {"name": "ide"},
+        "data": {"name": "nmnist", "data_dir": str(tmp_path), "time_steps": 6},
+        "train": {"device": "cpu"}})
+    with pytest.raises(ConfigError, match="model.time_steps=6"):
+        build_run(cfg(30), torch.device("cpu"))
+    _, model, _ = build_run(cfg(6), torch.device("cpu"))
+    assert model.time_steps == 6

@@ -9,6 +9,8 @@ from bioprop import create_model, create_rule
 from bioprop.models import blocks_of
 from bioprop.rules.predictive_coding import pc_errors
 
+D = torch.float64
+
 
 def _model(kind, dtype=torch.float64):
     torch.manual_seed(0)
@@ -171,3 +173,36 @@ def test_cuda_graph_step_equals_eager_step(variant, eta, n):
     for a_step, b_step in zip(runs[True], runs[False]):
         for a, b in zip(a_step, b_step):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("strict_errors", ["final", "torch2pc"])
+def test_strict_sweeps_by_hand_two_block_linear(strict_errors):
+    """Strict on f2(f1(x)) = W2 W1 x with L = 1/2 ||out - y||^2, n = 3 Jacobi sweeps of step eta,
+    written out by hand: e1 = W1 x - v1, e2 = W2 v1 - y, v1 += eta (e1 - e2 W2). ``final`` updates
+    with the errors at the last beliefs; ``torch2pc`` with the last sweep's (stale) errors and the
+    Jacobian at the last beliefs (dW2 = e2^T v1_final)."""
+    g = torch.Generator().manual_seed(3)
+    W1, W2 = torch.randn(4, 3, generator=g, dtype=D), torch.randn(2, 4, generator=g, dtype=D)
+    x, y = torch.randn(5, 3, generator=g, dtype=D), torch.randn(5, 2, generator=g, dtype=D)
+    eta, n = 0.3, 3
+    v1 = x @ W1.T
+    for _ in range(n):
+        e1, e2 = x @ W1.T - v1, v1 @ W2.T - y
+        v1 = v1 + eta * (e1 - e2 @ W2)
+    if strict_errors == "final":
+        e1, e2 = x @ W1.T - v1, v1 @ W2.T - y
+    want = [e1.T @ x, e2.T @ v1]
+
+    m = torch.nn.Sequential(torch.nn.Linear(3, 4, bias=False), torch.nn.Linear(4, 2, bias=False)).to(D)
+    with torch.no_grad():
+        m[0].weight.copy_(W1)
+        m[1].weight.copy_(W2)
+    loss_fn = lambda out, t: 0.5 * ((out - t) ** 2).sum()  # noqa: E731
+    got, _ = _pc(m, x, y, loss_fn, variant="strict", eta=eta, n=n, strict_errors=strict_errors)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # the rule passes the option through
+    rule = create_rule("pc", variant="strict", eta=eta, n=n, strict_errors=strict_errors)
+    rule.step(m, x, y, loss_fn)
+    for p, b in zip(m.parameters(), want):
+        torch.testing.assert_close(p.grad, b, rtol=1e-12, atol=1e-12)

@@ -250,6 +250,38 @@ def test_network_gradient_equals_reference_loop(kind):
 
 # -- losses ----------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("train,filters,want", [
+    # the paper and the NeurIPS submission commit (d0a06b7): [0,1,0,1,1] filtered once
+    ([0, 1, 0, 1, 1], 1, [0, 1 / 3, 2 / 9, 13 / 27, 53 / 81]),
+    # our default, the reference at 1d46185..cc9f56b: [0,1,1,1,1] filtered once
+    ([0, 1, 1, 1, 1], 1, [0, 1 / 3, 5 / 9, 19 / 27, 65 / 81]),
+    # the reference at HEAD: filtered in train() and again in loss_kernel
+    ([0, 1, 1, 1, 1], 2, [0, 1 / 9, 7 / 27, 11 / 27, 131 / 243]),
+    ([0, 1, 1, 1, 1], 0, [0, 1, 1, 1, 1]),
+])
+def test_kernel_target_variants_by_hand(train, filters, want):
+    """Each selectable kernel-loss target against the recursion a[t] = 2/3 a[t-1] + d[t]/3 by hand
+    (tau_s = 3), through the rule's configured loss."""
+    rule = create_rule("tssl", desired_train=train, target_filters=filters)
+
+    class M:
+        tau_s = 3.0
+
+    out = torch.zeros(5, 1, 2, dtype=D)
+    y = torch.tensor([1])
+    expect = 0.5 * sum(w * w for w in want)
+    assert abs(rule.loss(M(), out, y).item() - expect) < 1e-14
+    torch.testing.assert_close(desired_psp(train, 5, 3.0, D, filters=filters), torch.tensor(want, dtype=D),
+                               rtol=1e-14, atol=1e-15)
+
+
+def test_kernel_target_default_is_documented_choice():
+    c = create_rule("tssl").config
+    assert (c.desired_train, c.target_filters) == ([0, 1, 1, 1, 1], 1)
+    with pytest.raises(ValueError, match="target_filters"):
+        create_rule("tssl", target_filters=3)
+
+
 def test_kernel_loss_equals_formula():
     gen = torch.Generator().manual_seed(4)
     out = torch.rand(5, 3, 4, generator=gen, dtype=D)

@@ -6,7 +6,9 @@
   or ``fine_labels``; str or bytes keys). A bad file is a :class:`DataError` naming it.
 - Registry (:mod:`.datasets`): ``create_dataset(name, **DataConfig fields)`` for ``mnist``,
   ``fashion_mnist``, ``cifar10``, ``cifar100``, ``mnist_embedded`` (shipped in the package: the
-  first 20,000 train / first 2,000 test images of MNIST) and ``nmnist``. Files are searched in
+  first 20,000 train / first 2,000 test images of MNIST) and ``nmnist``. Each dataset has its own
+  config class: ``nmnist``'s (:class:`NMNISTConfig`) adds the event binning (``time_steps``,
+  ``bin_us``, ``start_us``), which the image datasets reject as unknown keys. Files are searched in
   ``data_dir`` (``--data-dir``), then ``$BIOPROP_DATA``, then (Fashion-MNIST) Debian's
   ``/usr/share/datasets/fashion-mnist``; ``download=True`` fetches with torchvision.
 - Loading (:mod:`.loader`): :class:`TensorLoader` serves ``(x float32 normalised, y int64)``
@@ -22,7 +24,7 @@ Example::
             ...
 """
 
-from .datasets import DATASETS, EMBEDDED_DIR, DataConfig, Dataset, create_dataset, search_dirs
+from .datasets import DATASETS, EMBEDDED_DIR, DataConfig, Dataset, NMNISTConfig, create_dataset, search_dirs
 from .formats import DataError, read_cifar, read_cifar_batch, read_idx, write_idx
 from .loader import TensorLoader, augment_batch, epoch_generator
 
@@ -30,6 +32,7 @@ __all__ = [
     "DATASETS",
     "EMBEDDED_DIR",
     "DataConfig",
+    "NMNISTConfig",
     "Dataset",
     "create_dataset",
     "search_dirs",

@@ -49,7 +49,7 @@ from ..config import ConfigError, Registry, from_dict, to_dict
 from .formats import DataError, read_cifar, read_idx
 from .loader import TensorLoader, epoch_generator
 
-__all__ = ["DATASETS", "DataConfig", "Dataset", "create_dataset", "EMBEDDED_DIR", "search_dirs"]
+__all__ = ["DATASETS", "DataConfig", "NMNISTConfig", "Dataset", "create_dataset", "EMBEDDED_DIR", "search_dirs"]
 
 EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded"
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -80,7 +80,14 @@ class DataConfig:
     train_limit: Optional[int] = None
     normalize: bool = True
     drop_last: bool = False
-    #: event datasets (nmnist): number of frames, frame length and start (microseconds)
+
+
+@dataclass
+class NMNISTConfig(DataConfig):
+    """:class:`DataConfig` plus the binning of the event files: ``time_steps`` frames of ``bin_us``
+    microseconds from ``start_us`` (the IDE / TSSL-BP references: 30 frames of 1 ms from 0). Only
+    ``nmnist`` accepts these keys; every other dataset rejects them."""
+
     time_steps: int = 30
     bin_us: int = 1000
     start_us: int = 0
@@ -389,9 +396,9 @@ def _cifar100(c: DataConfig) -> Dataset:
                   (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
 
 
-@DATASETS.register("nmnist", DataConfig,
+@DATASETS.register("nmnist", NMNISTConfig,
                    "N-MNIST event files binned into T spike frames [T, 2, 34, 34] (time_steps, bin_us, start_us)")
-def _nmnist(c: DataConfig) -> Dataset:
+def _nmnist(c: NMNISTConfig) -> Dataset:
     from .events import read_nmnist_split
 
     roots = []

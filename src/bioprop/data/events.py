@@ -6,7 +6,13 @@ Each event is 40 bits, big-endian: ``x`` (8 bits), ``y`` (8 bits), then one bit 
 ``bin_us`` microseconds starting at ``start_us`` (the IDE / TSSL-BP references use 1 ms bins from
 the start, i.e. the first ``T`` ms): a frame pixel is 1 when at least one event of that polarity
 falls into the bin, giving a time-first spike train ``[T, 2, 34, 34]`` per sample (channel 0 = OFF,
-1 = ON). Where ``tonic`` is installed its reader parses the files; otherwise our own does.
+1 = ON).
+
+Timestamp overflow events, as the official reader (Orchard's ``Read_Ndataset.m`` and
+``eventvision.py``; tonic's ``read_mnist_file`` is the same code): an event whose ``y`` address is
+240 is not a spike but a marker; it is dropped, and every event from it on has ``2^13`` us added to
+its timestamp (per marker, cumulatively). One reader, ours, does this whether or not tonic is
+installed (tonic was used where present, and the results depended on it).
 """
 
 from __future__ import annotations
@@ -18,9 +24,13 @@ import numpy as np
 
 from .formats import DataError
 
-__all__ = ["read_nmnist_events", "write_nmnist_events", "bin_events", "read_nmnist_split", "SENSOR"]
+__all__ = ["read_nmnist_events", "write_nmnist_events", "bin_events", "read_nmnist_split", "SENSOR",
+           "OVERFLOW_Y", "OVERFLOW_US"]
 
 SENSOR = (34, 34)
+#: the y address that marks a timestamp overflow, and what each such marker adds to later timestamps
+OVERFLOW_Y = 240
+OVERFLOW_US = 2 ** 13
 
 
 def _read_own(path: Path) -> np.ndarray:
@@ -30,22 +40,20 @@ def _read_own(path: Path) -> np.ndarray:
     ev = raw.reshape(-1, 5).astype(np.uint32)
     x, y = ev[:, 0], ev[:, 1]
     p = ev[:, 2] >> 7
-    t = ((ev[:, 2] & 0x7F) << 16) | (ev[:, 3] << 8) | ev[:, 4]
-    return np.stack([x, y, p, t], axis=1).astype(np.int64)
+    t = (((ev[:, 2] & 0x7F) << 16) | (ev[:, 3] << 8) | ev[:, 4]).astype(np.int64)
+    overflow = y == OVERFLOW_Y
+    t = t + OVERFLOW_US * np.cumsum(overflow)  # each marker shifts itself and every later event
+    keep = ~overflow
+    return np.stack([x[keep], y[keep], p[keep], t[keep]], axis=1).astype(np.int64)
 
 
 def read_nmnist_events(path: Union[str, Path]) -> np.ndarray:
-    """Events of one file as an ``[N, 4]`` int64 array of ``(x, y, polarity, t_us)``."""
+    """Events of one file as an ``[N, 4]`` int64 array of ``(x, y, polarity, t_us)``, timestamp
+    overflow markers removed and applied (module docstring)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    try:  # tonic's reader, where installed
-        from tonic.io import read_mnist_file  # type: ignore
-
-        ev = read_mnist_file(str(path), dtype=np.dtype([("x", int), ("y", int), ("t", int), ("p", int)]))
-        out = np.stack([ev["x"], ev["y"], ev["p"], ev["t"]], axis=1).astype(np.int64)
-    except ImportError:
-        out = _read_own(path)
+    out = _read_own(path)
     if out.size and (out[:, 0].max() >= SENSOR[1] or out[:, 1].max() >= SENSOR[0]):
         raise DataError(f"{path}: event address outside the 34x34 sensor: not an N-MNIST file")
     return out

@@ -22,7 +22,7 @@ convention where ``B`` has ``W``'s shape):
 
 | rule | R | x | fixed point |
 | fa | - (B fixed random) | | |
-| sign_symmetry | B = sign(W) * scale (uSF: scale = init std; brSF / frSF magnitudes) | | |
+| sign_symmetry | B = sign(W) * scale (uSF: scale = Xavier std sqrt(2 / (fan_in + fan_out)), as biotorch; brSF / frSF magnitudes) | | |
 | kp | dB = dW, weight decay on both (the optimizer's) | | B - W -> 0 |
 | wm | alpha decay + beta amp (1e-3, 1e-3) | N(0, sigma^2) | B = beta sigma^2 / (2 alpha) W |
 | ia | alpha amp + beta null + gamma decay (2e-3, 1e-3, 1e-3) | noise | B = (alpha / 2 beta)(W W^T + gamma / (beta sigma^2) I)^-1 W |
@@ -35,6 +35,17 @@ a different number of positions). The gradient of ``R`` is added to ``B.grad`` e
 ``reg_scale``, and by the loss scale under fp16 AMP so that unscaling restores it). By default the
 model's optimizer trains ``B`` beside ``W``; ``b_optimizer`` gives ``B`` an optimizer of its own
 (the reference code's ``alignment_optimizer``), which the rule steps in ``after_step``.
+
+The reference code's regularisers (neuroailab/Neural-Alignment, TF1) are reproduced by
+``position_mean=False`` (sum over positions), ``reg_bias=True`` (its ``use_bias_forward`` /
+``use_bias_backward``, on by default there) and ``batch_center`` as its
+``batch_center_backward_input`` (the centred input feeds only ``A_B``) and
+``noise_padding=reference``: for the convolutions the reference pads explicitly (its strided
+convolutions: ``tf.pad``, then ``'VALID'``), its WM/IA noise has the padded input's shape, so noise
+fills the padding ring and IA's reconstruction term ``A_B^T A_W x`` also reconstructs the ring. By
+default (``noise_padding=zeros``) ours draws noise of the layer's (unpadded) input and convolves
+with zero padding, so the ring is zero, as it is for the real activations the layer sees.
+Sign symmetry follows biotorch (``sign_init``: the Xavier std by default).
 """
 
 from __future__ import annotations
@@ -49,10 +60,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..metrics import angle_degrees_tensor
-from .base import RULES, LossFn, Rule, StepOutput
+from .base import RULES, LossFn, Rule, StepOutput, diagnostic_pass, rng_state
 
 __all__ = ["FBLinear", "FBConv2d", "convert_layers", "fb_layers", "AlignmentRule", "AlignmentConfig",
-           "regularizer", "regularizer_grad"]
+           "regularizer", "regularizer_grad", "sign_scale"]
 
 
 class _LinearFB(torch.autograd.Function):
@@ -163,6 +174,28 @@ def _init_like(w: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return (torch.rand(w.shape, generator=generator, device=w.device, dtype=w.dtype) * 2 - 1) * bound
 
 
+def sign_scale(w: torch.Tensor, init: str = "xavier") -> float:
+    """The uSF scale of a layer with weight ``w``: the std of an initialisation, computed from the
+    fans (``torch.nn.init._calculate_fan_in_and_fan_out``), not measured from a draw.
+
+    ``xavier``: ``sqrt(2 / (fan_in + fan_out))`` (biotorch's default, ``init: xavier``);
+    ``default``: ``1 / sqrt(3 fan_in)``, the std of PyTorch's default init (biotorch's ``kaiming``)."""
+    fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(w)
+    if init == "xavier":
+        return math.sqrt(2.0 / float(fan_in + fan_out))
+    if init == "default":
+        return 1.0 / math.sqrt(3.0 * fan_in)
+    raise ValueError(f"sign_symmetry: unknown sign_init {init!r}; choose xavier or default")
+
+
+def _sign_magnitudes(w: torch.Tensor, init: str, generator: torch.Generator) -> torch.Tensor:
+    """``|u|``, ``u`` uniform with the std :func:`sign_scale` (bound ``sqrt(3) std``): the magnitudes
+    of brSF / frSF (biotorch: ``|xavier_uniform_|`` or ``|kaiming_uniform_(a = sqrt 5)|``)."""
+    bound = math.sqrt(3.0) * sign_scale(w, init)
+    u = torch.rand(w.shape, generator=generator, device=w.device, dtype=w.dtype)
+    return ((u * 2 - 1) * bound).abs()
+
+
 def convert_layers(model: nn.Module, generator: torch.Generator) -> int:
     """Swap every ``nn.Linear`` / ``nn.Conv2d`` for its B-carrying twin, in place; ``B`` drawn
     independently of ``W``. The forward output is unchanged. Returns the number converted.
@@ -200,8 +233,14 @@ class AlignmentConfig:
     """Metaparameters of the Two Routes regularisers (reference defaults per rule when ``None``).
 
     ``sigma``: std of the noise input (wm, ia); ``reg_scale``: factor on dR/dB added to B.grad;
-    ``sign_mode``: sign_symmetry's magnitudes ('usf': init std; 'brsf': redrawn each step;
-    'frsf': fixed at init); ``noisy_updates``: std of the noise ``lr * xi`` added to every
+    ``sign_mode``: sign_symmetry's magnitudes ('usf': one scale per layer; 'brsf': random
+    magnitudes redrawn after every optimizer step; 'frsf': random magnitudes fixed at init);
+    ``sign_init``: the initialisation whose std gives uSF's scale and whose uniform draws give
+    brSF / frSF magnitudes: ``xavier`` (default, biotorch's: ``sqrt(2 / (fan_in + fan_out))``) or
+    ``default`` (PyTorch's default init: ``1 / sqrt(3 fan_in)``), computed from the layer's fans
+    (deterministic). biotorch redraws brSF's magnitudes at every forward call; we redraw them once
+    per optimizer step (in ``after_step``), so B is a function of the step, not of how many forward
+    passes (diagnostics, evaluation) ran: the same as biotorch's when a step has one forward. ``noisy_updates``: std of the noise ``lr * xi`` added to every
     trainable variable after each optimizer step (the robustness study; 0: off);
     ``angle_every``: every N steps log the angle between each layer's B and W^T (0: never; kept
     on the device, so it costs a few small kernels and no synchronisation);
@@ -218,11 +257,24 @@ class AlignmentConfig:
     (SA: B = beta / (2 alpha + wd) W, a gain below 1 that compounds through depth).
     ``model_rule`` (+ ``model_rule_config``): the model rule this layer rule stacks under, e.g.
     ``bptt`` to train a spiking model without weight transport (default ``bp``).
-    ``batch_center``: subtract the batch mean from the layer input inside R (the reference code's
-    ``batch_center_backward_input``). For ``aa`` R then measures B against W on the inputs'
-    fluctuations: the fixed point is B = W on the span of the centred data, and R's curvature in B
+    ``batch_center``: subtract the batch mean from the input of the backward projection ``A_B``
+    inside R, as the reference code's ``batch_center_backward_input`` does (``A_W`` and IA's
+    reconstruction ``A_B^T A_W x`` keep the raw input). For the terms bilinear in the two
+    projections (amp) centring one side equals centring both, so for ``wm`` and ``aa`` this is R on
+    centred inputs; for ``ia`` only the amp term sees the centred input. For ``aa`` R then measures
+    B against W on the inputs' fluctuations: the fixed point is B = W on the span of the centred data, and R's curvature in B
     is ``2 alpha Cov(x)`` instead of ``2 alpha E[x x^T]``, whose largest eigenvalue (along the
     mean of post-ReLU inputs, about fan-in x mean square) limits B's stable learning rate.
+    ``reg_bias``: add the layer's bias to both projections inside R, as the reference code does by
+    default (``use_bias_forward`` / ``use_bias_backward``); off by default here: the bias is not part
+    of the alignment of B with W, and with it AA's sparse term pulls ``A_B x`` towards ``-b``.
+    ``noise_padding`` (wm, ia): ``zeros`` (default) draws noise of the layer's input and convolves
+    with the layer's zero padding, so the padding ring is zero as for real activations;
+    ``reference``: for strided zero-padded convolutions, which the reference pads explicitly
+    (``tf.pad``, then ``'VALID'``), the noise covers the padded input, ring included, and R uses the
+    convolution without padding, so IA's reconstruction term also reconstructs the ring.
+    ``position_mean=False, reg_bias=True, noise_padding=reference`` give the reference's
+    regularisers.
     ``b_optimizer``: ``model`` (default) trains B with the model's optimizer and schedule;
     ``sgd`` or ``adam`` give B an optimizer of its own (the reference code's
     ``alignment_optimizer``) with a constant learning rate ``b_lr`` (the reference's
@@ -241,6 +293,7 @@ class AlignmentConfig:
     sigma: float = 1.0
     reg_scale: float = 1.0
     sign_mode: Literal["usf", "brsf", "frsf"] = "usf"
+    sign_init: Literal["xavier", "default"] = "xavier"
     noisy_updates: float = 0.0
     angle_every: int = 10
     compare_every: int = 0
@@ -249,6 +302,8 @@ class AlignmentConfig:
     model_rule: str = "bp"
     model_rule_config: Dict[str, Any] = field(default_factory=dict)
     batch_center: bool = False
+    reg_bias: bool = False
+    noise_padding: Literal["zeros", "reference"] = "zeros"
     b_optimizer: Literal["model", "sgd", "adam"] = "model"
     b_lr: float = 1e-3
     b_momentum: float = 0.9
@@ -263,6 +318,15 @@ def _positions(layer: nn.Module, y: torch.Tensor) -> int:
     return y[0].numel() // layer.weight.shape[0]
 
 
+def _padding_ring(layer: nn.Module) -> Optional[Tuple[int, int]]:
+    """The padding the reference applies explicitly (``tf.pad``, then a ``'VALID'`` convolution):
+    that of a strided, zero-padded convolution; ``None`` for any other layer (the reference's
+    stride-1 convolutions pad implicitly, ``'SAME'``, as ours do)."""
+    if isinstance(layer, FBConv2d) and max(layer.stride) > 1 and max(layer.padding) > 0:
+        return int(layer.padding[0]), int(layer.padding[1])
+    return None
+
+
 def _weight_grad(layer: nn.Module, inp: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
     """d<grad_out, A_K inp>/dK: the ordinary weight gradient of the layer's linear map."""
     if isinstance(layer, FBLinear):
@@ -275,19 +339,36 @@ def _backward_map(layer: nn.Module, y: torch.Tensor, kernel: torch.Tensor, in_sh
     return layer.backward_map(y, kernel) if isinstance(layer, FBLinear) else layer.backward_map(y, kernel, in_shape)
 
 
+def _projections(layer: nn.Module, x: torch.Tensor, xb: torch.Tensor, W: torch.Tensor, B: torch.Tensor,
+                 bias: bool):
+    """``A_W x (+ b)`` and ``A_B xb (+ b)``: the forward and backward projections of R."""
+    yw = layer.forward_b(x, W)
+    yb = layer.forward_b(xb, B)
+    if bias and layer.bias is not None:
+        shape = (-1,) + (1,) * (yw.dim() - 2)
+        b = layer.bias.detach().reshape(shape)
+        yw, yb = yw + b, yb + b
+    return yw, yb
+
+
 def regularizer(rule: str, layer: nn.Module, x: torch.Tensor, alpha: float, beta: float, gamma: float,
-                position_mean: bool = True) -> torch.Tensor:
+                position_mean: bool = True, x_backward: Optional[torch.Tensor] = None,
+                bias: bool = False) -> torch.Tensor:
     """R(B) of ``rule`` for ``layer`` on inputs ``x`` (W constant), differentiable in ``weight_b``.
 
     The plain reference path (autograd gives dR/dB); the rule uses :func:`regularizer_grad`, the
     same gradient in closed form, held equal to this one by the tests. ``E`` is the mean over the
     samples and, with ``position_mean``, over a convolution's output positions too (the reference
-    code sums over positions, which scales the data terms by the feature map's size)."""
+    code sums over positions, which scales the data terms by the feature map's size).
+    ``x_backward``: the input of the backward projection ``A_B`` (default ``x``; the reference's
+    ``batch_center_backward_input`` passes the batch-centred ``x`` here and ``x`` itself to ``A_W``);
+    ``bias``: add the layer's bias to both projections (the reference's ``use_bias_forward`` /
+    ``use_bias_backward``, on by default there)."""
     W, B = layer.weight.detach(), layer.weight_b
     if rule == "sa":
         return alpha * (B * B).sum() - beta * (W * B).sum()
-    yw = layer.forward_b(x, W)
-    yb = layer.forward_b(x, B)
+    xb = x if x_backward is None else x_backward
+    yw, yb = _projections(layer, x, xb, W, B, bias)
     norm = x.shape[0] * (_positions(layer, yw) if position_mean else 1)
     amp = -(yw * yb).sum() / norm
     if rule == "wm":
@@ -302,29 +383,36 @@ def regularizer(rule: str, layer: nn.Module, x: torch.Tensor, alpha: float, beta
 
 @torch.no_grad()
 def regularizer_grad(rule: str, layer: nn.Module, x: Optional[torch.Tensor], alpha: float, beta: float,
-                     gamma: float, position_mean: bool = True) -> torch.Tensor:
+                     gamma: float, position_mean: bool = True, x_backward: Optional[torch.Tensor] = None,
+                     bias: bool = False) -> torch.Tensor:
     """dR/dB of :func:`regularizer` in closed form (no autograd graph; one forward map with W, one
     weight-gradient map, and for ``ia`` one backward map with B, for ``aa`` one forward map with B):
 
         sa: 2 alpha B - beta W
-        wm: 2 alpha B - beta / N  G(x, A_W x)
-        aa: 1 / N  G(x, 2 alpha A_B x - beta A_W x)
-        ia: 1 / N  G(-alpha x + 2 beta A_B^T A_W x, A_W x) + 2 gamma B
+        wm: 2 alpha B - beta / N  G(x_B, A_W x)
+        aa: 1 / N  G(x_B, 2 alpha A_B x_B - beta A_W x)
+        ia: 1 / N  G(-alpha x_B + 2 beta A_B^T A_W x, A_W x) + 2 gamma B
 
-    where ``G(u, v)`` is the weight gradient of the layer for input ``u`` and output gradient ``v``
-    and ``N`` the number of samples (times the output positions, with ``position_mean``)."""
+    where ``G(u, v)`` is the weight gradient of the layer for input ``u`` and output gradient ``v``,
+    ``x_B`` the backward projection's input (``x_backward``, default ``x``), ``N`` the number of
+    samples (times the output positions, with ``position_mean``); with ``bias`` the layer's bias is
+    added to ``A_W x`` and ``A_B x_B``."""
     W, B = layer.weight.detach(), layer.weight_b.detach()
     if rule == "sa":
         return B.mul(2 * alpha).sub_(W, alpha=beta)
+    xb = x if x_backward is None else x_backward
     yw = layer.forward_b(x, W)
+    if bias and layer.bias is not None:
+        yw = yw + layer.bias.detach().reshape((-1,) + (1,) * (yw.dim() - 2))
     norm = x.shape[0] * (_positions(layer, yw) if position_mean else 1)
     if rule == "wm":
-        return B.mul(2 * alpha).sub_(_weight_grad(layer, x, yw), alpha=beta / norm)
+        return B.mul(2 * alpha).sub_(_weight_grad(layer, xb, yw), alpha=beta / norm)
     if rule == "aa":
-        v = layer.forward_b(x, B).mul_(2 * alpha).sub_(yw, alpha=beta)
-        return _weight_grad(layer, x, v).div_(norm)
+        _, yb = _projections(layer, x, xb, W, B, bias)
+        v = yb.mul_(2 * alpha).sub_(yw, alpha=beta)
+        return _weight_grad(layer, xb, v).div_(norm)
     if rule == "ia":
-        u = _backward_map(layer, yw, B, x.shape).mul_(2 * beta).sub_(x, alpha=alpha)
+        u = _backward_map(layer, yw, B, x.shape).mul_(2 * beta).sub_(xb, alpha=alpha)
         return _weight_grad(layer, u, yw).div_(norm).add_(B, alpha=2 * gamma)
     raise ValueError(f"no regulariser for rule {rule!r}")
 
@@ -380,6 +468,10 @@ class AlignmentRule(Rule):
                 f"regulariser ({', '.join(DEFAULTS)}); {name}'s B is "
                 + ("fixed" if name in ("fa", "sign_symmetry") else "updated with dW and needs the model's optimizer")
                 + ": leave b_optimizer=model")
+        if config.noise_padding not in ("zeros", "reference"):
+            raise ValueError(f"{name}: unknown noise_padding {config.noise_padding!r}; choose zeros or reference")
+        if config.sign_init not in ("xavier", "default"):
+            raise ValueError(f"{name}: unknown sign_init {config.sign_init!r}; choose xavier or default")
         if config.b_lr <= 0 or config.b_weight_decay < 0 or not 0 <= config.b_momentum < 1:
             raise ValueError(f"{name}: need b_lr > 0, b_weight_decay >= 0 and 0 <= b_momentum < 1, got "
                              f"{config.b_lr}, {config.b_weight_decay}, {config.b_momentum}")
@@ -406,8 +498,9 @@ class AlignmentRule(Rule):
             if self.name in ("fa", "sign_symmetry"):
                 layer.weight_b.requires_grad_(False)
             if self.name == "sign_symmetry":
-                layer.sign_scale = float(layer.weight_b.detach().std())
-                layer.sign_mag = layer.weight_b.detach().abs().clone()  # frSF magnitudes
+                layer.sign_scale = sign_scale(layer.weight, self.config.sign_init)
+                if self.config.sign_mode == "frsf":
+                    layer.sign_mag = _sign_magnitudes(layer.weight.detach(), self.config.sign_init, self.generator)
         if self.name == "sign_symmetry":
             self._resign(model)
         if self.name in ("wm", "ia", "aa"):
@@ -448,10 +541,12 @@ class AlignmentRule(Rule):
             elif self.config.sign_mode == "frsf":
                 layer.weight_b.copy_(s * layer.sign_mag)
             else:
-                mag = _init_like(layer.weight, self.generator).abs()
-                layer.weight_b.copy_(s * mag)
+                layer.weight_b.copy_(s * _sign_magnitudes(layer.weight, self.config.sign_init, self.generator))
 
     def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, scaler=None) -> StepOutput:
+        c = self.config
+        compare = bool(c.compare_every) and (self.steps + 1) % c.compare_every == 0
+        start = rng_state(model) if compare else None
         inner = self.inner.step(model, x, y, loss_fn, scaler)  # forward + backward through the B kernels
         loss, logits = inner.loss, inner.logits
         stats: Dict[str, Any] = dict(inner.stats)
@@ -470,14 +565,24 @@ class AlignmentRule(Rule):
                     shape = getattr(layer, "input_shape", None)
                     if shape is None:
                         continue
+                    ring = _padding_ring(layer) if self.config.noise_padding == "reference" else None
+                    if ring is not None:  # noise over the explicitly padded input, convolved 'VALID'
+                        shape = tuple(shape[:-2]) + (shape[-2] + 2 * ring[0], shape[-1] + 2 * ring[1])
                     inp = torch.randn(shape, generator=self.generator, device=layer.weight.device,
                                       dtype=layer.weight.dtype) * self.config.sigma
                 else:
                     inp = None
-                if self.config.batch_center and inp is not None:
-                    inp = inp - inp.mean(0, keepdim=True)
-                g = regularizer_grad(self.name, layer, inp, self.alpha, self.beta, self.gamma,
-                                     self.config.position_mean)
+                back_in = inp - inp.mean(0, keepdim=True) if self.config.batch_center and inp is not None else None
+                padding = layer.padding if isinstance(layer, FBConv2d) else None
+                if self.name in ("wm", "ia") and self.config.noise_padding == "reference" and \
+                        _padding_ring(layer) is not None:
+                    layer.padding = (0, 0)
+                try:
+                    g = regularizer_grad(self.name, layer, inp, self.alpha, self.beta, self.gamma,
+                                         self.config.position_mean, back_in, self.config.reg_bias)
+                finally:
+                    if padding is not None:
+                        layer.padding = padding
                 if self.config.reg_scale != 1.0:
                     g = g * self.config.reg_scale
                 if scaler is not None and self.b_opt is None:
@@ -487,19 +592,25 @@ class AlignmentRule(Rule):
         if self.config.angle_every and self.steps % self.config.angle_every == 0:
             for name, layer in fb_layers(model):
                 stats[f"align/B_W_angle/{name}"] = angle_degrees_tensor(layer.weight_b, layer.weight)
-        if self.config.compare_every and self.steps % self.config.compare_every == 0:
-            stats.update(self.compare(model, x, y, loss_fn))
+        if compare:
+            stats.update(self.compare(model, x, y, loss_fn, start))
         return StepOutput(loss, logits, stats)
 
-    def compare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn) -> Dict[str, float]:
-        """Angle (degrees) between each layer's weight gradient under this rule and under BP."""
+    def compare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
+                replay=None) -> Dict[str, float]:
+        """Angle (degrees) between each layer's weight gradient under this rule and under BP.
+
+        The BP pass has no effect on training (:func:`~bioprop.rules.base.diagnostic_pass`: BatchNorm
+        statistics and the random state are restored) and, given ``replay`` (the random state before
+        the step's forward), uses the step's dropout masks."""
         layers = list(fb_layers(model))
         ours = {n: l.weight.grad.detach().clone() for n, l in layers if l.weight.grad is not None}
         for _, l in layers:
             l.use_w_backward = True
         try:
             params = [l.weight for _, l in layers]
-            grads = torch.autograd.grad(loss_fn(model(x), y), params, allow_unused=True)
+            with diagnostic_pass(model, replay):
+                grads = torch.autograd.grad(loss_fn(model(x), y), params, allow_unused=True)
         finally:
             for _, l in layers:
                 l.use_w_backward = False

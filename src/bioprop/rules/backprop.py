@@ -29,8 +29,9 @@ class BPConfig:
 
 @dataclass
 class BPTTConfig:
-    """``time_steps`` overrides the model's number of simulation steps during training
-    (``None``: the model's own)."""
+    """``time_steps`` overrides the model's number of simulation steps in training steps only
+    (``None``: the model's own); evaluation (``predict``) keeps the model's ``time_steps``. A
+    spike-train input ``[T, B, ...]`` brings its own ``T``, which both use."""
 
     time_steps: Optional[int] = None
 
@@ -56,15 +57,22 @@ class BPTT(Rule):
 
     def prepare(self, model: nn.Module) -> nn.Module:
         model = super().prepare(model)
-        if self.config.time_steps is not None:
-            if self.config.time_steps < 1:
-                raise ValueError(f"bptt: time_steps must be >= 1, got {self.config.time_steps}")
-            model.time_steps = self.config.time_steps
+        if self.config.time_steps is not None and self.config.time_steps < 1:
+            raise ValueError(f"bptt: time_steps must be >= 1, got {self.config.time_steps}")
         return model
 
     def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
              scaler=None) -> StepOutput:
-        logits, record = model.run(x)
+        T = self.config.time_steps
+        if T is None or T == model.time_steps:
+            logits, record = model.run(x)
+        else:  # training only: the model's own T is restored for evaluation
+            own = model.time_steps
+            model.time_steps = T
+            try:
+                logits, record = model.run(x)
+            finally:
+                model.time_steps = own
         loss = loss_fn(logits, y)
         self.backward(loss, scaler)
         return StepOutput(loss.detach(), logits.detach(), record.stats())

@@ -16,8 +16,9 @@ Rules never own or step the optimizer.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -25,7 +26,7 @@ from torch import nn
 from ..config import Registry
 from ..models.protocols import require
 
-__all__ = ["Rule", "StepOutput", "RULES", "create_rule", "LossFn"]
+__all__ = ["Rule", "StepOutput", "RULES", "create_rule", "LossFn", "rng_state", "diagnostic_pass"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -113,6 +114,44 @@ class Rule:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config!r})"
+
+
+RngState = Tuple[torch.Tensor, Dict[torch.device, torch.Tensor]]
+
+
+def rng_state(model: nn.Module) -> RngState:
+    """The global random state a forward pass of ``model`` draws from (dropout masks): the CPU
+    generator's and, for a model on CUDA, that device's."""
+    devs = {p.device for p in model.parameters() if p.device.type == "cuda"}
+    return torch.get_rng_state(), {d: torch.cuda.get_rng_state(d) for d in devs}
+
+
+def _set_rng_state(state: RngState) -> None:
+    torch.set_rng_state(state[0])
+    for d, s in state[1].items():
+        torch.cuda.set_rng_state(s, d)
+
+
+@contextmanager
+def diagnostic_pass(model: nn.Module, replay: Optional[RngState] = None) -> Iterator[None]:
+    """Run an extra (diagnostic) training-mode pass of ``model`` with no effect on training.
+
+    On exit every buffer of the model (BatchNorm running statistics and counters) and the global
+    random state are what they were on entry, so a run with diagnostics follows the same trajectory
+    as one without. With ``replay`` (a :func:`rng_state` taken before the step's own forward) the
+    pass draws the same random numbers as that forward: the same dropout masks, so a comparison
+    with BP is made on the same network."""
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    entry = rng_state(model)
+    if replay is not None:
+        _set_rng_state(replay)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, v in buffers:
+                b.copy_(v)
+        _set_rng_state(entry)
 
 
 def _model_device(model: nn.Module) -> torch.device:

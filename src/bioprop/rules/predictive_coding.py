@@ -18,7 +18,21 @@ Variants:
   the update **is exact backprop**. With ``eta < 1`` the error to BP falls geometrically with ``n``.
 - ``strict`` (Strict): errors ``eps_l = f_l(v_{l-1}) - v_l`` and Jacobians at the beliefs,
   gradient descent on the energy ``F = sum_l 1/2 ||eps_l||^2 + L(f_L(v_{L-1}), y)``; an
-  approximation of BP that approaches it as the output error shrinks.
+  approximation of BP that approaches it as the output error shrinks. A sweep is one Jacobi step
+  ``v_l <- v_l + eta (eps_l - J_{l+1}(v_l)^T eps_{l+1})`` (all errors at the sweep's start).
+  The parameter update (``strict_errors``): ``final`` (default) takes the errors at the final
+  beliefs ``v^(n)`` (and ``eps_L = dL/dy`` there), i.e. ``dtheta_l = dF/dtheta_l`` at the point
+  inference stopped; ``torch2pc`` reproduces Torch2PC exactly: the errors of the ``n``-th sweep,
+  computed at ``v^(n-1)`` before its belief update (one step stale), with the Jacobians
+  ``df_l/dtheta_l`` taken at the final beliefs ``v^(n)``, the convention issue 24 measured on the
+  Torch2PC it ran. We keep ``final`` as the default because it is the gradient of the energy that
+  inference minimised; the two agree as inference converges. The Torch2PC reachable here
+  (``TorchSeq2PC.py`` at 85b5944, ``benchmarks/fidelity_pc_strict.py``) differs from both in its
+  belief update: it adds ``+eta J_L^T dL/dy`` at the top hidden layer (its hidden errors are
+  ``v - f(v)``), i.e. its beliefs ascend the loss term; our sweep with that one sign flipped
+  reproduces its beliefs and errors exactly (checked), and its errors match ours only to first
+  order in ``eta`` (7e-4 after 5 sweeps of 0.1 on a small tanh MLP). That version also takes the
+  parameter Jacobians at the feed-forward values (the pre-2022 bug in REFERENCES.md).
 - ``exact``: ``eps_l = dL/dvhat_l`` directly (back-propagated errors, local updates): BP.
 
 Implementation notes. The errors are carried as tensors, never formed as differences of nearly
@@ -40,7 +54,7 @@ from torch import nn
 
 from ..metrics import angle_degrees
 from ..models.protocols import BlockModel, blocks_of
-from .base import RULES, LossFn, Rule, StepOutput
+from .base import RULES, LossFn, Rule, StepOutput, diagnostic_pass, rng_state
 from .graphs import GraphedStep
 
 __all__ = ["PredictiveCoding", "PCConfig", "pc_errors", "pc_chain_grads", "PCResult"]
@@ -58,7 +72,8 @@ class PCConfig:
     ``cuda_graph``: on a GPU, capture the step (inference and updates) as a CUDA graph per batch
     shape and replay it (:class:`bioprop.rules.graphs.GraphedStep`); inference is hundreds of small
     kernels, so this removes most of its cost. Steps that compare with BP, and fp16 runs with a
-    gradient scaler, run eagerly."""
+    gradient scaler, run eagerly. ``strict_errors`` (strict only): ``final`` (default) or
+    ``torch2pc`` (the reference's one-step-stale errors; see the module docstring)."""
 
     variant: Literal["fixed_pred", "strict", "exact"] = "fixed_pred"
     eta: float = 1.0
@@ -66,6 +81,7 @@ class PCConfig:
     compare_every: int = 0
     fast: bool = True
     cuda_graph: bool = True
+    strict_errors: Literal["final", "torch2pc"] = "final"
 
 
 @dataclass
@@ -117,10 +133,11 @@ def _settled(eps: List[Optional[torch.Tensor]], outs: List[torch.Tensor], loss: 
 
 def pc_errors(blocks: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
               variant: str = "fixed_pred", eta: float = 1.0, n: Optional[int] = None,
-              vinit: Optional[Sequence[torch.Tensor]] = None) -> PCResult:
+              vinit: Optional[Sequence[torch.Tensor]] = None, strict_errors: str = "final") -> PCResult:
     """Run predictive-coding inference; return the errors that define the parameter update.
 
-    ``vinit`` (strict only): initial beliefs ``v_1 .. v_{L-1}`` (default: the feed-forward values).
+    ``vinit`` (strict only): initial beliefs ``v_1 .. v_{L-1}`` (default: the feed-forward values);
+    ``strict_errors`` (strict only): ``final`` or ``torch2pc`` (module docstring).
     """
     L = len(blocks)
     if L < 1:
@@ -131,8 +148,10 @@ def pc_errors(blocks: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, los
     if variant not in ("fixed_pred", "strict", "exact"):
         raise ValueError(f"pc: unknown variant {variant!r}; choose fixed_pred, strict or exact")
 
+    if strict_errors not in ("final", "torch2pc"):
+        raise ValueError(f"pc: unknown strict_errors {strict_errors!r}; choose final or torch2pc")
     if variant == "strict":
-        return _strict(blocks, x, y, loss_fn, eta, n, vinit)
+        return _strict(blocks, x, y, loss_fn, eta, n, vinit, strict_errors == "torch2pc")
 
     leaves, outs, loss, e_top = _feedforward(blocks, x, y, loss_fn)
     eps: List[Optional[torch.Tensor]] = [None] * (L - 1) + [e_top]  # None = still zero
@@ -174,7 +193,7 @@ def pc_errors(blocks: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, los
     return PCResult(final, outs, loss.detach(), outs[-1].detach(), energy, [], vjps)
 
 
-def _strict(blocks, x, y, loss_fn, eta, n, vinit) -> PCResult:
+def _strict(blocks, x, y, loss_fn, eta, n, vinit, stale: bool = False) -> PCResult:
     L = len(blocks)
     with torch.no_grad():
         v = []
@@ -210,8 +229,11 @@ def _strict(blocks, x, y, loss_fn, eta, n, vinit) -> PCResult:
             back = _vjp_input(outs[l + 1], leaves[l + 1], eps[l + 1])
             vjps += 1
             v[l] = v[l] + eta * (eps[l] - back)
+    stale_eps = eps
     leaves, outs, eps, loss, energy = errors(v)
     energies.append(energy)
+    if stale:  # Torch2PC: the n-th sweep's errors (at v^(n-1)), Jacobians at the final beliefs
+        eps = stale_eps
     return PCResult(eps, outs, loss.detach(), outs[-1].detach(), energy, energies, vjps)
 
 
@@ -284,7 +306,7 @@ class PredictiveCoding(Rule):
             if scale != 1.0:
                 grads = [g * scale if g is not None else None for g in grads]
         else:
-            r = pc_errors(blocks, x, y, loss_fn, c.variant, c.eta, c.n)
+            r = pc_errors(blocks, x, y, loss_fn, c.variant, c.eta, c.n, strict_errors=c.strict_errors)
             grads = list(torch.autograd.grad(r.outputs, params, [e * scale for e in r.eps], allow_unused=True))
         stats: Dict[str, Any] = {"pc/energy": r.energy}
         for l, e in enumerate(r.eps):
@@ -298,6 +320,7 @@ class PredictiveCoding(Rule):
         blocks = blocks_of(model)
         params = [p for p in model.parameters() if p.requires_grad]
         compare = bool(c.compare_every) and (self.steps + 1) % c.compare_every == 0
+        start = rng_state(model) if compare else None
         graphed = None
         if c.cuda_graph and x.is_cuda and scaler is None and not compare and torch.is_grad_enabled() \
                 and not self._graph_failed:
@@ -322,13 +345,17 @@ class PredictiveCoding(Rule):
         stats["pc/vjps"] = float(self._vjps)
         self.steps += 1
         if compare:
-            stats.update(self.compare(model, x, y, loss_fn, grads, params))
+            stats.update(self.compare(model, x, y, loss_fn, grads, params, start))
         return StepOutput(loss, logits, stats)
 
-    def compare(self, model, x, y, loss_fn, grads, params) -> Dict[str, float]:
-        """Per-block relative error and angle (degrees) of the PC update against BP's gradient."""
-        out = self.forward(model, x)
-        bp = torch.autograd.grad(loss_fn(out, y), params, allow_unused=True)
+    def compare(self, model, x, y, loss_fn, grads, params, replay=None) -> Dict[str, float]:
+        """Per-block relative error and angle (degrees) of the PC update against BP's gradient.
+
+        The BP pass has no effect on training (:func:`~bioprop.rules.base.diagnostic_pass`) and,
+        given ``replay`` (the random state before the step), uses the step's dropout masks."""
+        with diagnostic_pass(model, replay):
+            out = self.forward(model, x)
+            bp = torch.autograd.grad(loss_fn(out, y), params, allow_unused=True)
         index = {id(p): i for i, p in enumerate(params)}
         stats: Dict[str, float] = {}
         for l, b in enumerate(blocks_of(model)):

@@ -34,9 +34,23 @@ Conv2d, and the sum pooling between them, whose backward autograd does).
 
 Losses of the output PSPs ``a_out[T, B, K]`` (gradients summed over the batch, as the reference):
 
-- ``kernel``: ``E = 1/2 sum_{b,k,t} (a_out[t] - (eps * d)[t])^2`` with the desired spike train
-  ``d`` for the label neuron and ``d = 0`` for the others. ``d`` defaults to ``[0, 1, 1, 1, 1]``
-  (tiled to ``T``): the reference code's; the paper writes ``[0, 1, 0, 1, 1]``.
+- ``kernel``: ``E = 1/2 sum_{b,k,t} (a_out[t] - (eps^{*m} * d)[t])^2`` with the desired spike
+  train ``d`` (tiled to ``T``) for the label neuron and ``d = 0`` for the others, filtered ``m``
+  times (``target_filters``) by the PSP kernel. Default ``m = 1``, ``d = [0, 1, 1, 1, 1]``: the
+  paper's definition (the target is the PSP of the desired spike train, the same filter the output
+  spikes pass through) with the desired train of the reference code since 2020-10-01; this is
+  exactly stonezwr/TSSL-BP at commits 1d46185 .. cc9f56b (2020-10-01 .. 2020-10-06). The other
+  versions of the reference, each selectable:
+
+  | version | ``desired_train`` | ``target_filters`` |
+  | NeurIPS submission (d0a06b7, 2020-06-02) and the paper | ``[0, 1, 0, 1, 1]`` | 1 |
+  | 1d46185 .. cc9f56b (2020-10) (our default) | ``[0, 1, 1, 1, 1]`` | 1 |
+  | 87a678f (2020-10-29) .. HEAD | ``[0, 1, 1, 1, 1]`` | 2 |
+
+  At HEAD the target is filtered once in ``main.py``'s ``train()`` and again inside
+  ``loss_kernel``, whose first line (``out_psp = psp(outputs)``, commented out) shows that the
+  filter belongs to the spike-train comparison: we read the second filter as a bug (the target
+  then lags and is smaller than any output PSP the desired train can produce).
 - ``count``: ``n = sum_t a_out[t]``, ``delta = (n - n_target) / T`` with ``n_target`` =
   ``desired_count`` for the label and ``undesired_count`` otherwise, ``delta = 0`` where the label
   neuron has ``n >= desired_count`` or another neuron ``n <= undesired_count``;
@@ -71,9 +85,12 @@ __all__ = ["TSSLConfig", "TSSLBP", "TSSLFunction", "tssl_backward", "tssl_neuron
 class TSSLConfig:
     """Settings of TSSL-BP (defaults: the reference code's).
 
-    ``loss``: ``kernel`` (desired spike train ``desired_train``, tiled to ``T``; the reference code
-    uses ``[0, 1, 1, 1, 1]``, the paper ``[0, 1, 0, 1, 1]``; for ``T >= 10`` the reference code
-    switches to ``[0, 1] * 5``, which here is ``desired_train: [0, 1]``) or ``count`` (``desired_count`` /
+    ``loss``: ``kernel`` (desired spike train ``desired_train``, tiled to ``T``, filtered
+    ``target_filters`` times by the PSP kernel: see the module docstring for which version of the
+    reference each choice reproduces; the default, ``[0, 1, 1, 1, 1]`` filtered once, is the paper's
+    definition with the reference code's desired train; ``[0, 1, 0, 1, 1]`` is the paper's train;
+    ``target_filters: 2`` is the reference at HEAD; for ``T >= 10`` the reference code switches to
+    ``[0, 1] * 5``, which here is ``desired_train: [0, 1]``) or ``count`` (``desired_count`` /
     ``undesired_count`` for the label / other output neurons). ``weight_clamp``: weights clamped
     to ``[-c, c]`` after each step (``None``: no clamp). ``surrogate_width``: ``w`` of the
     quiet-neuron sigmoid surrogate; ``quiet_factor``: a neuron is quiet where its PSP is below
@@ -87,6 +104,7 @@ class TSSLConfig:
 
     loss: Literal["kernel", "count"] = "kernel"
     desired_train: List[int] = field(default_factory=lambda: [0, 1, 1, 1, 1])
+    target_filters: int = 1
     desired_count: float = 4.0
     undesired_count: float = 1.0
     weight_clamp: Optional[float] = 4.0
@@ -165,19 +183,25 @@ def tssl_neuron(model: PSPModel, c: TSSLConfig) -> Neuron:
 
 
 def desired_psp(train: List[int], steps: int, tau_s: float, dtype: torch.dtype = torch.float32,
-                device: Optional[torch.device] = None) -> torch.Tensor:
-    """``(eps * d)[t]`` of the desired spike train ``train`` tiled to ``steps``, shape ``[steps]``."""
+                device: Optional[torch.device] = None, filters: int = 1) -> torch.Tensor:
+    """``(eps * ... * eps * d)[t]`` (``filters`` PSP filters) of the desired spike train ``train``
+    tiled to ``steps``, shape ``[steps]``; ``filters = 0`` returns ``d`` itself."""
     if steps % len(train) != 0:
         raise ValueError(f"tssl: desired_train {train} (length {len(train)}) does not tile T = {steps} "
                          f"steps; give a desired_train whose length divides {steps}")
+    if filters < 0:
+        raise ValueError(f"tssl: target_filters must be >= 0, got {filters}")
     d = torch.tensor(list(train) * (steps // len(train)), dtype=dtype, device=device)
-    return psp_filter(d, tau_s)
+    for _ in range(filters):
+        d = psp_filter(d, tau_s)
+    return d
 
 
-def kernel_loss(out: torch.Tensor, y: torch.Tensor, train: List[int], tau_s: float) -> torch.Tensor:
-    """``1/2 sum_{b,k,t} (out[t, b, k] - target[t, b, k])^2``, target the desired PSP for ``k = y_b``
-    and 0 otherwise; ``out`` the output PSPs ``[T, B, K]``."""
-    want = desired_psp(train, out.shape[0], tau_s, out.dtype, out.device)
+def kernel_loss(out: torch.Tensor, y: torch.Tensor, train: List[int], tau_s: float,
+                filters: int = 1) -> torch.Tensor:
+    """``1/2 sum_{b,k,t} (out[t, b, k] - target[t, b, k])^2``, target the desired spike train
+    filtered ``filters`` times for ``k = y_b`` and 0 otherwise; ``out`` the output PSPs ``[T, B, K]``."""
+    want = desired_psp(train, out.shape[0], tau_s, out.dtype, out.device, filters)
     label = F.one_hot(y, out.shape[2]).to(out.dtype)  # [B, K]
     return 0.5 * ((out - want[:, None, None] * label) ** 2).sum()
 
@@ -206,6 +230,9 @@ class TSSLBP(Rule):
         c = config
         if not c.desired_train or any(v not in (0, 1) for v in c.desired_train):
             raise ValueError(f"tssl: desired_train must be a non-empty list of 0/1 spikes, got {c.desired_train}")
+        if c.target_filters not in (0, 1, 2):
+            raise ValueError(f"tssl: target_filters must be 1 (the paper), 2 (the reference code at HEAD) "
+                             f"or 0 (the raw spike train), got {c.target_filters}")
         if c.desired_count == c.undesired_count:
             raise ValueError(f"tssl: desired_count and undesired_count must differ, both are {c.desired_count}")
         if c.weight_clamp is not None and not c.weight_clamp > 0:
@@ -228,7 +255,7 @@ class TSSLBP(Rule):
         """The configured loss of the output PSPs ``out[T, B, K]``, summed over the batch."""
         c = self.config
         if c.loss == "kernel":
-            return kernel_loss(out, y, c.desired_train, model.tau_s)
+            return kernel_loss(out, y, c.desired_train, model.tau_s, c.target_filters)
         return count_loss(out, y, c.desired_count, c.undesired_count)
 
     def _compute(self, model: PSPModel, x: torch.Tensor, y: torch.Tensor, scale: float = 1.0):

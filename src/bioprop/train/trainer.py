@@ -146,6 +146,13 @@ def build_run(config: RunConfig, device: torch.device, rule_seed: Optional[int] 
 
     dataset = make(create_dataset, config.data)
     model = make(create_model, config.model).to(device)
+    steps = getattr(model, "time_steps", None)
+    if dataset.timed and steps is not None and steps != dataset.train_x.shape[1]:
+        # a spike-train input brings its own T, which the model uses: refuse a T it would ignore
+        raise ConfigError(f"model.time_steps={steps}, but {config.data['name']} gives spike trains of "
+                          f"T={dataset.train_x.shape[1]} frames (data.time_steps), which the model "
+                          f"simulates instead: set model.time_steps={dataset.train_x.shape[1]} (or "
+                          f"data.time_steps={steps})")
     rule = make(create_rule, config.rule)
     if rule_seed is not None:
         rule.seed(rule_seed)
