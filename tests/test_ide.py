@@ -547,8 +547,13 @@ def test_multilayer_eval_and_spike_input():
     m, x = _tiny_multilayer()
     m.eval()
     assert m(x).shape == (4, 3)
-    spikes = (torch.rand(6, 4, 3, 8, 8, dtype=torch.float64) > 0.5).double()
+    spikes = (torch.rand(12, 4, 3, 8, 8, dtype=torch.float64) > 0.5).double()
     assert m(spikes).shape == (4, 3)
+    # a spike input sets T itself: a model whose time_steps says otherwise is refused, not ignored
+    with pytest.raises(ValueError, match=r"spike-train input has T=6 time steps but model.time_steps=12; set "):
+        m(spikes[:6])
+    with pytest.raises(ValueError, match="a spike input sets T itself"):
+        m.simulate(m.begin(spikes), time_steps=5)
 
 
 @pytest.mark.parametrize("name", ["f400", "alexnet_f"])

@@ -1,17 +1,18 @@
-"""The README's generated sections and CI's test command stay in step with the code."""
+"""The README stays a front door: short, its links resolve, and CI runs its test command."""
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_readme_generated_sections_are_current():
-    r = subprocess.run([sys.executable, str(ROOT / "tools" / "update_readme.py"), "--check"],
-                       capture_output=True, text=True, env={"PYTHONPATH": str(ROOT / "src"), "PATH": ""})
-    assert r.returncode == 0, r.stdout + r.stderr
+def test_readme_is_short_and_its_links_resolve():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 150
+    links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text)
+    assert links
+    missing = [l for l in links if not l.startswith("http") and not (ROOT / l).exists()]
+    assert not missing, missing
 
 
 def test_ci_runs_the_readme_test_command():

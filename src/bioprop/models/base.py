@@ -106,3 +106,11 @@ def check_input(x: torch.Tensor, shape: Tuple[int, ...], model: str, allow_time:
         return True
     exp = f"[B, {', '.join(map(str, shape))}]" + (f" or [T, B, {', '.join(map(str, shape))}]" if allow_time else "")
     raise ValueError(f"{model}: input of shape {list(x.shape)} does not match the expected {exp}")
+
+
+def check_time_steps(model: str, input_steps: int, model_steps: int) -> None:
+    """A spike-train input sets T itself: refuse a model whose ``time_steps`` says otherwise (it
+    would be silently ignored) with a one-line error that says what to change."""
+    if input_steps != model_steps:
+        raise ValueError(f"{model}: the spike-train input has T={input_steps} time steps but model.time_steps="
+                         f"{model_steps}; set model.time_steps={input_steps} (or re-bin the input to {model_steps} steps)")

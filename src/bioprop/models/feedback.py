@@ -64,7 +64,7 @@ from torch import nn
 from ..metrics import synaptic_operations
 from ..neurons import FusedRatePopulation, NeuronParams, RatePopulation, heaviside, rate_init, rate_update, rate_value, spike_fn
 from ..neurons.fastsim import SimOptions
-from .base import MODELS, Edge, SpikeRecord, check_input, conv_out, neuron_from
+from .base import MODELS, Edge, SpikeRecord, check_input, check_time_steps, conv_out, neuron_from
 from .protocols import EquilibriumState
 from .spectral import SpectralNormOperator
 
@@ -237,6 +237,8 @@ class FeedbackSNN(nn.Module):
     def begin(self, x: torch.Tensor, masks: Optional[Dict[str, torch.Tensor]] = None) -> EquilibriumState:
         """Drive, feedback weight and masks for input ``x`` (``[B, ...]`` constant, ``[T, B, ...]`` spikes)."""
         timed = check_input(x, self.in_shape, type(self).__name__, allow_time=True)
+        if timed:
+            check_time_steps(type(self).__name__, x.shape[0], self.time_steps)
         xbar = self.input_average(x) if timed else x
         z = self.encoder(xbar)
         bn = self.bn
@@ -306,6 +308,10 @@ class FeedbackSNN(nn.Module):
 
     def _simulate(self, st: EquilibriumState, time_steps: Optional[int], spike, detach: bool,
                   fast: Optional[SimOptions] = None) -> Tuple[torch.Tensor, SpikeRecord]:
+        if st.drive_seq is not None and time_steps is not None and time_steps != st.drive_seq.shape[0]:
+            raise ValueError(f"{type(self).__name__}: time_steps={time_steps} was asked for a spike-train input of "
+                             f"T={st.drive_seq.shape[0]} steps; a spike input sets T itself (leave rule.time_steps / "
+                             "eval_time_steps unset)")
         T = st.drive_seq.shape[0] if st.drive_seq is not None else (time_steps or self.time_steps)
         drive = st.drive.detach() if detach else st.drive
         dt = torch.promote_types(drive.dtype, torch.float32)  # membrane in fp32 under autocast too
