@@ -142,8 +142,54 @@ def results_page() -> str:
             "(quality 75) copy of CIFAR-10 and say so.\n\n" + results_markdown())
 
 
+PAPERS = [
+    ("IDE", "M. Xiao, Q. Meng, Z. Zhang, Y. Wang, Z. Lin. Training Feedback Spiking Neural Networks by Implicit "
+            "Differentiation on the Equilibrium State. NeurIPS 2021, arXiv 2109.14247", "pkuxmq/IDE-FSNN"),
+    ("Two Routes", "D. Kunin, A. Nayebi, J. Sagastuy-Brena, S. Ganguli, J. Bloom, D. Yamins. Two Routes to Scalable "
+                   "Credit Assignment without Weight Symmetry. ICML 2020, arXiv 2003.01513",
+     "neuroailab/Neural-Alignment; jsalbert/biotorch (fa, sign symmetry)"),
+    ("Predictive coding", "R. Rosenbaum. On the relationship between predictive coding and backpropagation. "
+                          "PLOS ONE 2022", "Torch2PC"),
+    ("TSSL-BP", "W. Zhang, P. Li. Temporal Spike Sequence Learning via Backpropagation for Deep Spiking Neural "
+                "Networks. NeurIPS 2020", "stonezwr/TSSL-BP"),
+    ("EKDAA", "T. Zee, A. Ororbia, A. Mali, I. Nwogu. A Robust Backpropagation-Free Framework for Images. TMLR 2023, "
+              "arXiv 2206.01820", "tzee/EKDAA-Release"),
+    ("Meta-learned plasticity", "N. Shervani-Tabar, R. Rosenbaum. Meta-learning biologically plausible plasticity "
+                                "rules with random feedback pathways. Nature Communications 14, 1805 (2023), "
+                                "arXiv 2210.16414", "NeuralDynamicsAndComputing/MetaLearning-Plasticity"),
+    ("EMSTDP", "A. Shrestha, H. Fang, Q. Wu, Q. Qiu. Approximating Back-propagation for a Biologically Plausible "
+               "Local Learning Rule in Spiking Neural Networks. ICONS 2019; on Loihi: DAC 2021, arXiv 2105.03649",
+     "zmeidd/EMSTDP"),
+]
+
+
+def references_page() -> str:
+    """The papers, their reference codes, and every figure of another run we quote, with its source
+    (``benchmarks/published.json``, which the results tables read too)."""
+    import json
+
+    pub = json.loads((ROOT / "benchmarks" / "published.json").read_text())
+    out = [GENERATED, "# References and published figures\n", "## Papers and their reference code\n",
+           "| method | paper | reference code |", "| --- | --- | --- |"]
+    out += [f"| {m} | {p} | `{c}` |" for m, p, c in PAPERS]
+    out += ["", "## Figures from other runs\n", pub.get("_about", ""), "",
+            "### Published accuracies\n", pub["accuracy"].get("_source", ""), "",
+            "| config | published (mean +- std (best test epoch)) | source |", "| --- | --- | --- |"]
+    out += [f"| `{k}` | {v['figure']} | {v['source']} |" for k, v in pub["accuracy"].items() if not k.startswith("_")]
+    sp = pub["ide_original_speed"]
+    out += ["", "### The original IDE code's training speed\n", f"{sp['_source']}. Device: {sp['device']}.", "",
+            "| model | T | train images/s | peak MiB |", "| --- | --- | --- | --- |"]
+    out += [f"| {r['model']} | {r['T']} | {r['train_images_per_s']:,} | {r['peak_memory_mib']:,} |" for r in sp["rows"]]
+    pc = pub["pc_reference_speed"]
+    out += ["", "### Torch2PC's step times\n", f"{pc['_source']}. Device: {pc['device']}, batch {pc['batch']}, "
+            f"BP step {pc['bp_ms']} ms.", "", "| variant | time / BP's (its own run) |", "| --- | --- |"]
+    out += [f"| {k} | {v} |" for k, v in pc["ratio_to_bp"].items()]
+    return "\n".join(out) + "\n"
+
+
 def pages() -> Dict[Path, bytes]:
     out = {DOCS / "results.md": results_page().encode(),
+           DOCS / "references.md": references_page().encode(),
            DOCS / "reference" / "registry.md": registry_page().encode(),
            DOCS / "reference" / "config.md": config_page().encode()}
     for png in sorted((ROOT / "benchmarks" / "results").glob("*.png")):
