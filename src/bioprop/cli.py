@@ -79,7 +79,8 @@ def _split_resume(resume: Optional[str], overrides: List[str]) -> Tuple[Optional
 def _cmd_train(args: argparse.Namespace) -> int:
     from .train import Trainer, load_config
     from .train.checkpoint import NoCheckpointError, latest_checkpoint, load_checkpoint
-    from .train.config import apply_overrides, RunConfig
+    from .train.config import RunConfig, apply_overrides
+    from .train.trainer import newest_run
 
     resume_arg, overrides = _split_resume(args.resume, list(args.overrides))
     if args.data_dir:
@@ -87,7 +88,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"data.data_dir={args.data_dir}")
     if args.device:
         overrides.append(f"train.device={args.device}")
-    if resume_arg and args.config is None:
+    if resume_arg is not None and args.config is None:
+        if resume_arg == "":  # the most recently checkpointed run of the default config's name
+            where = load_config(None, [o for o in overrides if o.split("=", 1)[0] in ("train.out_dir", "train.name")])
+            base = Path(where.train.out_dir) / (where.train.name or "run")
+            run, others = newest_run(base)
+            if run is None:
+                raise NoCheckpointError(f"--resume: no checkpoint found in {base} (nor in {base.name}-N); start "
+                                        "without --resume, or pass --resume RUN")
+            if others:
+                print(f"bioprop: --resume: resuming {run}, the most recently checkpointed of "
+                      f"{', '.join(str(p) for p in [run, *others])}; pass --resume DIR to choose", file=sys.stderr)
+            resume_arg = str(run)
         # resume RUN: its own stored config, with the overrides (checked against it by the Trainer)
         ckpt = latest_checkpoint(resume_arg)
         if ckpt is None:

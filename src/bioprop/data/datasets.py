@@ -314,7 +314,7 @@ def _idx_dataset(name: str, files: Sequence[Path], c: DataConfig, mean: float, s
                  classes: int = 10) -> Dataset:
     arrays = []
     for f in files:
-        arrays.append(read_idx(f, expect_ndim=3 if "images" in f.name else 1))
+        arrays.append(read_idx(f, expect_ndim=3 if "images" in f.name else 1, expect_uint8=True))
     (trx, try_, tex, tey) = arrays
     for xs, ys, fx, fy in ((trx, try_, files[0], files[1]), (tex, tey, files[2], files[3])):
         if len(xs) != len(ys):

@@ -55,19 +55,24 @@ def _read_bytes(path: Path) -> bytes:
         except (OSError, EOFError, zlib.error) as e:
             raise DataError(f"{path}: not a valid gzip file ({type(e).__name__}: {e}); the file is corrupt or "
                             f"truncated: {_FIX}") from None
-    if path.suffix == ".gz" and raw[:3] != b"\x00\x00\x08":
+    if path.suffix == ".gz" and not (raw[:2] == b"\x00\x00" and len(raw) > 2 and raw[2] in _IDX_TYPES):
         # a .gz that holds neither gzip nor an (already decompressed) IDX file
         raise DataError(f"{path}: not a valid gzip file (starts with {raw[:4].hex() or 'nothing'}, expected the "
                         f"gzip magic 1f8b); the file is corrupt or was saved from an error page: {_FIX}")
     return raw
 
 
-def read_idx(path: Union[str, Path], expect_ndim: int | None = None) -> np.ndarray:
+_IDX_NAMES = {0x08: "uint8", 0x09: "int8", 0x0B: "int16", 0x0C: "int32", 0x0D: "float32", 0x0E: "float64"}
+
+
+def read_idx(path: Union[str, Path], expect_ndim: int | None = None, expect_uint8: bool = False) -> np.ndarray:
     """Read an IDX file (gzipped or not) into a numpy array of its stored shape and type.
 
     ``expect_ndim`` (1 for labels, 3 for images) turns a file of the other kind into a
     :class:`DataError`, as do a bad magic number, a truncated header and a data size that differs
-    from the product of the header's dimensions.
+    from the product of the header's dimensions. ``expect_uint8``: a file whose header declares
+    another element type (e.g. float32) is a :class:`DataError` that says so (MNIST-format images
+    and labels are uint8).
     """
     path = Path(path)
     raw = _read_bytes(path)
@@ -79,6 +84,11 @@ def read_idx(path: Union[str, Path], expect_ndim: int | None = None) -> np.ndarr
     if expect_ndim is not None and ndim != expect_ndim:
         kind = {1: "labels (idx1)", 3: "images (idx3)"}.get(expect_ndim, f"{expect_ndim}-dim data")
         raise DataError(f"{path}: IDX file has {ndim} dimensions, expected {kind}")
+    kind = _IDX_NAMES[raw[2]]
+    if expect_uint8 and raw[2] != 0x08:
+        raise DataError(f"{path}: IDX file of {kind} values (type byte 0x{raw[2]:02X}); this dataset reads uint8 "
+                        "(type 0x08) images and labels: write the pixels as uint8 0..255 (e.g. "
+                        "bioprop.data.write_idx(path, (x * 255).round().astype('uint8')))")
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise DataError(f"{path}: truncated IDX header: {ndim} dimensions need {header} bytes, found "
@@ -89,8 +99,8 @@ def read_idx(path: Union[str, Path], expect_ndim: int | None = None) -> np.ndarr
     have = len(raw) - header
     if have != need:
         what = "truncated" if have < need else "oversized"
-        raise DataError(f"{path}: {what} IDX file: header says {'x'.join(map(str, dims))} = {need} bytes of "
-                        f"data, found {have}; {_FIX}")
+        raise DataError(f"{path}: {what} IDX file: header says {'x'.join(map(str, dims))} {kind} values = "
+                        f"{need} bytes of data, found {have}; {_FIX}")
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
 

@@ -101,15 +101,15 @@ def save_checkpoint(ckpt_dir: Union[str, Path], epoch: int, model: torch.nn.Modu
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     final = ckpt_dir / f"epoch_{epoch:04d}"
-    tmp = ckpt_dir / f"{final.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
     tensors = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise NonFiniteError(f"refusing to write checkpoint {final}: the model's {', '.join(bad[:3])}"
                              f"{' ...' if len(bad) > 3 else ''} hold NaN/Inf; the previous checkpoint is kept")
+    tmp = ckpt_dir / f"{final.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
     save_file(tensors, str(tmp / "model.safetensors"))
     torch.save(state, tmp / "state.pt")
     for f in tmp.iterdir():
@@ -265,13 +265,14 @@ def _load_legacy(f: Path, names: List[str]) -> Dict[str, Any]:
     import importlib
 
     objs = []
-    for n in names:
+    for n in sorted(_LEGACY_NUMPY):  # the listed ones and what they build (e.g. numpy's dtype classes)
         mod, _, attr = n.rpartition(".")
         try:
             objs.append(getattr(importlib.import_module(mod), attr))
         except (ImportError, AttributeError):
-            raise CheckpointError(f"{f}: written by an older bioprop with numpy arrays this numpy cannot "
-                                  f"rebuild ({n})") from None
+            if n in names:
+                raise CheckpointError(f"{f}: written by an older bioprop with numpy arrays this numpy cannot "
+                                      f"rebuild ({n})") from None
     try:
         with torch.serialization.safe_globals(objs):
             return torch.load(f, map_location="cpu", weights_only=True)

@@ -423,6 +423,7 @@ class Trainer:
                 opt.step()
             with mon.active():
                 rule.after_step(model)
+            mon.watch_tensors("the weight", self._named_params, _HINT_LR)
             self.scheduler.step()
             self.global_step += 1
             b = y.shape[0]
@@ -463,12 +464,18 @@ class Trainer:
         if not mon.enabled:
             return
         where = mon.where
-        mon.where = f"the check after {where} (weights are checked every train.check_every steps)"
-        mon.watch_tensors("the weight", [(n, p) for n, p in self.model.named_parameters()], _HINT_LR)
+        mon.where = f"the check after {where} (buffers are checked every train.check_every steps)"
         mon.watch_tensors("the buffer", [(n, b) for n, b in self.model.named_buffers()
                                          if b.is_floating_point()], _HINT_LR)
         mon.where = where
-        mon.check()
+        try:
+            mon.check()
+        except NonFiniteError as e:  # name the weights that are broken by now (a sync, once)
+            bad = [n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
+            if bad and "weight '" not in str(e):
+                raise NonFiniteError(f"{e} (non-finite weights now: "
+                                     f"{', '.join(repr(n) for n in bad[:4])}{' ...' if len(bad) > 4 else ''})") from None
+            raise
 
     def evaluate(self, split: str = "test") -> Dict[str, float]:
         loader = self.dataset.loader(split, self.device)
