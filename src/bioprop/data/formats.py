@@ -8,7 +8,9 @@
   channel-major (R plane, G plane, B plane of 32x32), and ``labels`` (CIFAR-10) or
   ``fine_labels`` (CIFAR-100). Keys are bytes when the official files are unpickled with
   ``encoding="bytes"`` and str otherwise; both are accepted (the files are read with
-  ``pickle.load(f, encoding="latin1")`` and bytes keys decoded).
+  ``pickle.load(f, encoding="latin1")`` and bytes keys decoded). The unpickler accepts only the
+  globals that rebuild numpy arrays (:data:`_CIFAR_GLOBALS`): a file that names any other is a
+  :class:`DataError`, so reading a dataset never runs code from it.
 
 Whether a file is gzipped is decided by its content (the gzip magic ``1f 8b``), not only by its
 name: a ``.gz`` file that a browser already decompressed, or a plain-named file that is still
@@ -118,6 +120,21 @@ def write_idx(path: Union[str, Path], array: np.ndarray, compresslevel: int = 9)
         path.write_bytes(data)
 
 
+#: the only globals a CIFAR python batch may name: numpy's array rebuilding (numpy 1 and 2 paths)
+#: and the bytes decoding of protocol-2 pickles written by Python 3
+_CIFAR_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                  ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+                  ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar")}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) in _CIFAR_GLOBALS or (module == "numpy.dtypes" and name.endswith("DType")):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused global {module}.{name} (a CIFAR batch holds only numpy arrays, "
+                                     "lists and strings)")
+
+
 def read_cifar(path: Union[str, Path], label_key: str = "labels") -> Tuple[np.ndarray, np.ndarray]:
     """Read one CIFAR python batch: images ``(N, 3, 32, 32)`` uint8 and labels ``(N,)`` int64.
 
@@ -129,7 +146,7 @@ def read_cifar(path: Union[str, Path], label_key: str = "labels") -> Tuple[np.nd
         raise DataError(f"{path}: file not found")
     try:
         with open(path, "rb") as f:
-            d = pickle.load(f, encoding="latin1")
+            d = _ArrayUnpickler(f, encoding="latin1").load()
     except Exception as e:  # truncated or not a pickle
         raise DataError(f"{path}: cannot be unpickled ({type(e).__name__}: {e}); expected a CIFAR python "
                         f"batch (a pickled dict); the file is corrupt or truncated: {_FIX}") from None

@@ -284,6 +284,7 @@ class Trainer:
         self.env = environment(self.device)
         self.monitor = FiniteMonitor(enabled=c.train.check_every > 0)
         self._named_params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self._own_params = [(n, p) for n, p in self.model.named_parameters() if id(p) in own]
 
         ckpt = None
         if resume:
@@ -423,7 +424,8 @@ class Trainer:
                 opt.step()
             with mon.active():
                 rule.after_step(model)
-            mon.watch_tensors("the weight", self._named_params, _HINT_LR)
+            if self._own_params:  # weights the rule updates itself, outside the optimizer
+                mon.watch_tensors("the weight", self._own_params, _HINT_LR)
             self.scheduler.step()
             self.global_step += 1
             b = y.shape[0]
@@ -458,13 +460,19 @@ class Trainer:
         return res
 
     def check_finite(self) -> None:
-        """Read back the pending NaN/Inf flags (one synchronisation) and the weights; raise
-        :class:`bioprop.nonfinite.NonFiniteError` naming the first offender."""
+        """Read back the pending NaN/Inf flags (one synchronisation) with the weights and buffers
+        as they are now; raise :class:`bioprop.nonfinite.NonFiniteError` naming the first offender.
+
+        Flagged every step: the input batch, the loss, every gradient (not under fp16 loss
+        scaling, whose scaler skips Inf steps by design), the weights a rule updates itself, and
+        what the rule reports with :func:`bioprop.nonfinite.watch`. The weights the optimizer
+        updates (finite when their gradients are) and the buffers are flagged at each check."""
         mon = self.monitor
         if not mon.enabled:
             return
         where = mon.where
-        mon.where = f"the check after {where} (buffers are checked every train.check_every steps)"
+        mon.where = f"the check after {where} (weights are checked every train.check_every steps)"
+        mon.watch_tensors("the weight", list(self.model.named_parameters()), _HINT_LR)
         mon.watch_tensors("the buffer", [(n, b) for n, b in self.model.named_buffers()
                                          if b.is_floating_point()], _HINT_LR)
         mon.where = where
