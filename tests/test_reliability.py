@@ -90,6 +90,27 @@ def test_nonfinite_input_stops_the_run_naming_step_and_tensor(tmp_path, value):
     assert t.history == []
 
 
+def test_nan_input_to_a_spiking_net_stops_the_run_though_its_loss_stays_finite(tmp_path):
+    raw = _raw(tmp_path, "snn", epochs=1)
+    raw["model"] = {"name": "spiking_convnet", "channels": [2, 3], "hidden": [8], "time_steps": 2}
+    raw["rule"] = {"name": "bptt"}
+    t = Trainer(RunConfig.from_dict(raw), log=_quiet)
+    _poison_loader(t, at_step=2)
+    losses = []
+    real = t.rule.step
+
+    def step(*a, **k):
+        out = real(*a, **k)
+        losses.append(float(out.loss))
+        return out
+
+    t.rule.step = step
+    with pytest.raises(NonFiniteError, match=r"the input batch at epoch 1, step 2 "):
+        t.fit()
+    assert all(math.isfinite(v) for v in losses)  # NaN membranes never spike: the old loss check was blind
+    assert not (t.run_dir / "checkpoints").exists()
+
+
 def test_nonfinite_gradient_names_the_layer_and_step(tmp_path, monkeypatch):
     t = Trainer(_cfg(tmp_path, check_every=2), log=_quiet)
     real_step, calls = t.rule.step, []

@@ -15,6 +15,7 @@ from ._version import __version__
 from .config import ConfigError
 from .data import DATASETS, DataError, create_dataset
 from .models import MODELS, create_model
+from .nonfinite import NonFiniteError
 from .rules import RULES, Rule, StepOutput, create_rule
 from .train import RunConfig, Trainer, evaluate_checkpoint, load_config
 
@@ -25,6 +26,7 @@ __all__ = [
     "create_dataset",
     "MODELS",
     "create_model",
+    "NonFiniteError",
     "RULES",
     "Rule",
     "StepOutput",

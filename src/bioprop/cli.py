@@ -123,8 +123,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             ckpt = latest_checkpoint(trainer.run_dir)
         except Exception:
             pass
-        where = (f"the last checkpoint is {ckpt} (epoch {trainer.epoch}); continue with: bioprop train "
-                 f"--resume {trainer.run_dir}") if ckpt else "no checkpoint was written yet"
+        where = (f"the last checkpoint is {ckpt} (after epoch {int(ckpt.name.rsplit('_', 1)[-1])}); continue "
+                 f"with: bioprop train --resume {trainer.run_dir}") if ckpt else "no checkpoint was written yet"
         print(f"bioprop: interrupted; {where}", file=sys.stderr)
         return 130
     summary = {k: result[k] for k in ("epoch", "train_acc", "val_acc", "test_acc", "run_dir") if k in result}
