@@ -11,13 +11,13 @@ The public API::
     out = rule.step(model, x, y, loss_fn)     # fills p.grad; returns loss, logits, stats
 """
 
+from ._version import __version__
 from .config import ConfigError
 from .data import DATASETS, DataError, create_dataset
 from .models import MODELS, create_model
+from .nonfinite import NonFiniteError
 from .rules import RULES, Rule, StepOutput, create_rule
 from .train import RunConfig, Trainer, evaluate_checkpoint, load_config
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
@@ -26,6 +26,7 @@ __all__ = [
     "create_dataset",
     "MODELS",
     "create_model",
+    "NonFiniteError",
     "RULES",
     "Rule",
     "StepOutput",

@@ -5,6 +5,11 @@
     bioprop list [--markdown]
 
 ``bioprop train`` with no arguments trains the packaged default config on the embedded data.
+
+Errors are one line on stderr (``--debug`` or ``BIOPROP_DEBUG=1`` shows the traceback), with an
+exit code per kind (:data:`EXIT_CODES`): 2 config or usage, 3 data, 4 checkpoint, 5 NaN/Inf in
+the run, 6 a fixed-point solve missed its tolerance under ``strict``, 7 a rule that does not fit
+the model, 1 anything else (a bug: please report it with the ``--debug`` traceback), 130 Ctrl-C.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ import argparse
 import json
 import os
 import sys
-from typing import List, Optional
+from pathlib import Path
+from typing import List, Optional, Tuple
 
 from .config import ConfigError, describe_fields
 
@@ -55,23 +61,72 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_data_dir(d: str) -> None:
+    from .data import DataError
+
+    if not Path(d).expanduser().is_dir():
+        raise DataError(f"--data-dir {d}: no such directory; pass the directory that holds the datasets")
+
+
+def _split_resume(resume: Optional[str], overrides: List[str]) -> Tuple[Optional[str], List[str]]:
+    """``--resume train.epochs=4`` means ``--resume`` and the override ``train.epochs=4`` (unless a
+    path of that name exists)."""
+    if resume and "=" in resume and not Path(resume).exists():
+        return "", [resume, *overrides]
+    return resume, overrides
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .train import Trainer, load_config
+    from .train.checkpoint import NoCheckpointError, latest_checkpoint, load_checkpoint
+    from .train.config import RunConfig, apply_overrides
+    from .train.trainer import newest_run
 
-    overrides = list(args.overrides)
+    resume_arg, overrides = _split_resume(args.resume, list(args.overrides))
     if args.data_dir:
+        _check_data_dir(args.data_dir)
         overrides.append(f"data.data_dir={args.data_dir}")
     if args.device:
         overrides.append(f"train.device={args.device}")
-    config = load_config(args.config, overrides)
+    if resume_arg is not None and args.config is None:
+        if resume_arg == "":  # the most recently checkpointed run of the default config's name
+            where = load_config(None, [o for o in overrides if o.split("=", 1)[0] in ("train.out_dir", "train.name")])
+            base = Path(where.train.out_dir) / (where.train.name or "run")
+            run, others = newest_run(base)
+            if run is None:
+                raise NoCheckpointError(f"--resume: no checkpoint found in {base} (nor in {base.name}-N); start "
+                                        "without --resume, or pass --resume RUN")
+            if others:
+                print(f"bioprop: --resume: resuming {run}, the most recently checkpointed of "
+                      f"{', '.join(str(p) for p in [run, *others])}; pass --resume DIR to choose", file=sys.stderr)
+            resume_arg = str(run)
+        # resume RUN: its own stored config, with the overrides (checked against it by the Trainer)
+        ckpt = latest_checkpoint(resume_arg)
+        if ckpt is None:
+            raise NoCheckpointError(f"--resume {resume_arg}: no checkpoint found there (expected a run "
+                                    "directory or a checkpoints/epoch_NNNN directory)")
+        config = RunConfig.from_dict(apply_overrides(load_checkpoint(ckpt)["config"], overrides))
+    else:
+        config = load_config(args.config, overrides)
     if args.print_config:
         import yaml
 
         print(yaml.safe_dump(json.loads(json.dumps(config.to_dict())), sort_keys=False), end="")
         return 0
-    resume = False if args.resume is None else (True if args.resume == "" else args.resume)
+    resume = False if resume_arg is None else (True if resume_arg == "" else resume_arg)
     trainer = Trainer(config, resume=resume)
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except KeyboardInterrupt:
+        ckpt = None
+        try:
+            ckpt = latest_checkpoint(trainer.run_dir)
+        except Exception:
+            pass
+        where = (f"the last checkpoint is {ckpt} (after epoch {int(ckpt.name.rsplit('_', 1)[-1])}); continue "
+                 f"with: bioprop train --resume {trainer.run_dir}") if ckpt else "no checkpoint was written yet"
+        print(f"bioprop: interrupted; {where}", file=sys.stderr)
+        return 130
     summary = {k: result[k] for k in ("epoch", "train_acc", "val_acc", "test_acc", "run_dir") if k in result}
     print(json.dumps(summary))
     return 0
@@ -82,6 +137,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides)
     if args.data_dir:
+        _check_data_dir(args.data_dir)
         overrides.append(f"data.data_dir={args.data_dir}")
     res = evaluate_checkpoint(args.checkpoint, split=args.split, device=args.device or "auto",
                               overrides=overrides)
@@ -93,17 +149,21 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bioprop", description="Train networks with credit-assignment rules "
                                 "other than exact backprop, spiking and not.")
+    p.add_argument("--debug", action="store_true",
+                   help="show the full traceback of an error (also: BIOPROP_DEBUG=1)")
     sub = p.add_subparsers(dest="command")
 
     t = sub.add_parser("train", help="train a model (no arguments: the packaged default on embedded MNIST)")
     t.add_argument("--config", "-c", help="YAML run config (default: the packaged default.yaml)")
     t.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN",
-                   help="continue from the last checkpoint of RUN (a run dir or checkpoint); "
-                        "without a value, of this config's run dir")
+                   help="continue from the last checkpoint of RUN (a run dir or checkpoint), with the "
+                        "config stored in it; without a value, the most recently checkpointed run of "
+                        "this config's name (NAME or NAME-N)")
     t.add_argument("--data-dir", help="directory holding the datasets (default: $BIOPROP_DATA)")
     t.add_argument("--device", help="cpu, cuda, cuda:N or auto")
     t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     t.add_argument("overrides", nargs="*", help="section.key=value (e.g. train.epochs=3 rule=bptt)")
+    t.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     t.set_defaults(fn=_cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint")
@@ -112,31 +172,77 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", help="cpu, cuda, cuda:N or auto")
     e.add_argument("--data-dir", help="directory holding the datasets")
     e.add_argument("overrides", nargs="*", help="section.key=value applied to the stored config")
+    e.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     e.set_defaults(fn=_cmd_eval)
 
     ls = sub.add_parser("list", help="list models, rules and datasets")
     ls.add_argument("--markdown", action="store_true", help="as the README's Markdown tables")
     ls.add_argument("--verbose", "-v", action="store_true", help="with config fields and defaults")
+    ls.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     ls.set_defaults(fn=_cmd_list)
     return p
 
 
+#: exit code of each kind of error (see the module docstring)
+EXIT_CODES = {"config": 2, "data": 3, "checkpoint": 4, "nonfinite": 5, "solver": 6, "protocol": 7,
+              "internal": 1, "interrupted": 130}
+
+
+def _classify(e: BaseException) -> Tuple[str, str]:
+    """``(kind, label)`` of an exception raised by a command."""
+    from .data import DataError
+    from .equilibrium import SolverError
+    from .models.protocols import ProtocolError
+    from .nonfinite import NonFiniteError
+    from .train.checkpoint import CheckpointError
+
+    if isinstance(e, ConfigError):
+        return "config", "config error"
+    if isinstance(e, CheckpointError):
+        return "checkpoint", "checkpoint error"
+    if isinstance(e, DataError):
+        return "data", "data error"
+    if isinstance(e, (NonFiniteError, FloatingPointError)):
+        return "nonfinite", "non-finite values"
+    if isinstance(e, SolverError):
+        return "solver", "solver error"
+    if isinstance(e, ProtocolError):
+        return "protocol", "rule and model do not fit"
+    if isinstance(e, (FileNotFoundError, ValueError)):
+        return "config", "error"
+    return "internal", "internal error"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    # section.key=value overrides after an option flag arrive here: they are overrides all the same
+    if unknown:
+        bad = [u for u in unknown if u.startswith("-") or "=" not in u or not hasattr(args, "overrides")]
+        if bad:
+            parser.error(f"unrecognized arguments: {' '.join(bad)}")
+        args.overrides = list(args.overrides) + unknown
     if args.command is None:
         parser.print_help()
         return 0
+    debug = bool(getattr(args, "debug", False)) or os.environ.get("BIOPROP_DEBUG", "") not in ("", "0")
     try:
         return args.fn(args)
-    except ConfigError as e:
-        print(f"bioprop: config error: {e}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError) as e:
-        if os.environ.get("BIOPROP_DEBUG"):
+    except KeyboardInterrupt:
+        if debug:
             raise
-        print(f"bioprop: error: {e}", file=sys.stderr)
-        return 2
+        print("bioprop: interrupted", file=sys.stderr)
+        return EXIT_CODES["interrupted"]
+    except Exception as e:
+        if debug:
+            raise
+        kind, label = _classify(e)
+        msg = " ".join(str(e).split()) or type(e).__name__
+        if kind == "internal":
+            msg = (f"{type(e).__name__}: {msg} (this looks like a bug in bioprop: rerun with --debug for the "
+                   "traceback and report it)")
+        print(f"bioprop: {label}: {msg}", file=sys.stderr)
+        return EXIT_CODES[kind]
 
 
 if __name__ == "__main__":

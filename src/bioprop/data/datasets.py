@@ -81,6 +81,18 @@ class DataConfig:
     normalize: bool = True
     drop_last: bool = False
 
+    def __post_init__(self) -> None:
+        for key in ("batch_size", "eval_batch_size"):
+            v = getattr(self, key)
+            if not v >= 1:
+                raise ConfigError(f"data.{key} must be >= 1, got {v}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.train_limit is not None and not self.train_limit >= 1:
+            raise ConfigError(f"data.train_limit must be >= 1 (or null for all), got {self.train_limit}")
+        if self.crop_padding is not None and not self.crop_padding >= 0:
+            raise ConfigError(f"data.crop_padding must be >= 0, got {self.crop_padding}")
+
 
 @dataclass
 class NMNISTConfig(DataConfig):
@@ -91,6 +103,14 @@ class NMNISTConfig(DataConfig):
     time_steps: int = 30
     bin_us: int = 1000
     start_us: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("time_steps", "bin_us"):
+            if not getattr(self, key) >= 1:
+                raise ConfigError(f"data.{key} must be >= 1, got {getattr(self, key)}")
+        if self.start_us < 0:
+            raise ConfigError(f"data.start_us must be >= 0, got {self.start_us}")
 
 
 @dataclass
@@ -227,7 +247,11 @@ def _find(c: DataConfig, names: Sequence[str], subdirs: Sequence[str], what: str
                         break
             if len(found) == len(names):
                 return found
-    where = ", ".join(str(t) for t in tried) if tried else "nowhere (no data_dir, $BIOPROP_DATA unset)"
+    if c.data_dir and not Path(c.data_dir).expanduser().is_dir():
+        raise DataError(f"{what}: data.data_dir (--data-dir) {c.data_dir} does not exist; pass the directory "
+                        "that holds the dataset")
+    where = ", ".join(str(t) + ("" if t.is_dir() else " (does not exist)") for t in tried) if tried else \
+        "nowhere (no data_dir, $BIOPROP_DATA unset)"
     raise DataError(
         f"{what}: files {', '.join(names)} (or .gz) not found; looked in {where}. Put them in a directory "
         f"and pass --data-dir DIR (or data.data_dir=DIR, or set BIOPROP_DATA=DIR){how}, or set "
@@ -303,7 +327,7 @@ def _idx_dataset(name: str, files: Sequence[Path], c: DataConfig, mean: float, s
                  classes: int = 10) -> Dataset:
     arrays = []
     for f in files:
-        arrays.append(read_idx(f, expect_ndim=3 if "images" in f.name else 1))
+        arrays.append(read_idx(f, expect_ndim=3 if "images" in f.name else 1, expect_uint8=True))
     (trx, try_, tex, tey) = arrays
     for xs, ys, fx, fy in ((trx, try_, files[0], files[1]), (tex, tey, files[2], files[3])):
         if len(xs) != len(ys):

@@ -8,7 +8,9 @@
   channel-major (R plane, G plane, B plane of 32x32), and ``labels`` (CIFAR-10) or
   ``fine_labels`` (CIFAR-100). Keys are bytes when the official files are unpickled with
   ``encoding="bytes"`` and str otherwise; both are accepted (the files are read with
-  ``pickle.load(f, encoding="latin1")`` and bytes keys decoded).
+  ``pickle.load(f, encoding="latin1")`` and bytes keys decoded). The unpickler accepts only the
+  globals that rebuild numpy arrays (:data:`_CIFAR_GLOBALS`): a file that names any other is a
+  :class:`DataError`, so reading a dataset never runs code from it.
 
 Whether a file is gzipped is decided by its content (the gzip magic ``1f 8b``), not only by its
 name: a ``.gz`` file that a browser already decompressed, or a plain-named file that is still
@@ -55,19 +57,24 @@ def _read_bytes(path: Path) -> bytes:
         except (OSError, EOFError, zlib.error) as e:
             raise DataError(f"{path}: not a valid gzip file ({type(e).__name__}: {e}); the file is corrupt or "
                             f"truncated: {_FIX}") from None
-    if path.suffix == ".gz" and raw[:3] != b"\x00\x00\x08":
+    if path.suffix == ".gz" and not (raw[:2] == b"\x00\x00" and len(raw) > 2 and raw[2] in _IDX_TYPES):
         # a .gz that holds neither gzip nor an (already decompressed) IDX file
         raise DataError(f"{path}: not a valid gzip file (starts with {raw[:4].hex() or 'nothing'}, expected the "
                         f"gzip magic 1f8b); the file is corrupt or was saved from an error page: {_FIX}")
     return raw
 
 
-def read_idx(path: Union[str, Path], expect_ndim: int | None = None) -> np.ndarray:
+_IDX_NAMES = {0x08: "uint8", 0x09: "int8", 0x0B: "int16", 0x0C: "int32", 0x0D: "float32", 0x0E: "float64"}
+
+
+def read_idx(path: Union[str, Path], expect_ndim: int | None = None, expect_uint8: bool = False) -> np.ndarray:
     """Read an IDX file (gzipped or not) into a numpy array of its stored shape and type.
 
     ``expect_ndim`` (1 for labels, 3 for images) turns a file of the other kind into a
     :class:`DataError`, as do a bad magic number, a truncated header and a data size that differs
-    from the product of the header's dimensions.
+    from the product of the header's dimensions. ``expect_uint8``: a file whose header declares
+    another element type (e.g. float32) is a :class:`DataError` that says so (MNIST-format images
+    and labels are uint8).
     """
     path = Path(path)
     raw = _read_bytes(path)
@@ -79,6 +86,11 @@ def read_idx(path: Union[str, Path], expect_ndim: int | None = None) -> np.ndarr
     if expect_ndim is not None and ndim != expect_ndim:
         kind = {1: "labels (idx1)", 3: "images (idx3)"}.get(expect_ndim, f"{expect_ndim}-dim data")
         raise DataError(f"{path}: IDX file has {ndim} dimensions, expected {kind}")
+    kind = _IDX_NAMES[raw[2]]
+    if expect_uint8 and raw[2] != 0x08:
+        raise DataError(f"{path}: IDX file of {kind} values (type byte 0x{raw[2]:02X}); this dataset reads uint8 "
+                        "(type 0x08) images and labels: write the pixels as uint8 0..255 (e.g. "
+                        "bioprop.data.write_idx(path, (x * 255).round().astype('uint8')))")
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise DataError(f"{path}: truncated IDX header: {ndim} dimensions need {header} bytes, found "
@@ -89,8 +101,8 @@ def read_idx(path: Union[str, Path], expect_ndim: int | None = None) -> np.ndarr
     have = len(raw) - header
     if have != need:
         what = "truncated" if have < need else "oversized"
-        raise DataError(f"{path}: {what} IDX file: header says {'x'.join(map(str, dims))} = {need} bytes of "
-                        f"data, found {have}; {_FIX}")
+        raise DataError(f"{path}: {what} IDX file: header says {'x'.join(map(str, dims))} {kind} values = "
+                        f"{need} bytes of data, found {have}; {_FIX}")
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
 
@@ -108,6 +120,21 @@ def write_idx(path: Union[str, Path], array: np.ndarray, compresslevel: int = 9)
         path.write_bytes(data)
 
 
+#: the only globals a CIFAR python batch may name: numpy's array rebuilding (numpy 1 and 2 paths)
+#: and the bytes decoding of protocol-2 pickles written by Python 3
+_CIFAR_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                  ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+                  ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar")}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) in _CIFAR_GLOBALS or (module == "numpy.dtypes" and name.endswith("DType")):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused global {module}.{name} (a CIFAR batch holds only numpy arrays, "
+                                     "lists and strings)")
+
+
 def read_cifar(path: Union[str, Path], label_key: str = "labels") -> Tuple[np.ndarray, np.ndarray]:
     """Read one CIFAR python batch: images ``(N, 3, 32, 32)`` uint8 and labels ``(N,)`` int64.
 
@@ -119,7 +146,7 @@ def read_cifar(path: Union[str, Path], label_key: str = "labels") -> Tuple[np.nd
         raise DataError(f"{path}: file not found")
     try:
         with open(path, "rb") as f:
-            d = pickle.load(f, encoding="latin1")
+            d = _ArrayUnpickler(f, encoding="latin1").load()
     except Exception as e:  # truncated or not a pickle
         raise DataError(f"{path}: cannot be unpickled ({type(e).__name__}: {e}); expected a CIFAR python "
                         f"batch (a pickled dict); the file is corrupt or truncated: {_FIX}") from None

@@ -73,6 +73,9 @@ class _Tracker:
         self.best: Optional[torch.Tensor] = None
         self.best_res = math.inf
         self.best_max = math.inf
+        # a non-finite scale (NaN/Inf in b or h(x0)) makes every relative residual meaningless
+        # (an Inf scale would report 0): such a system is never reported converged
+        self.finite_scale = bool(torch.isfinite(self.den))
 
     def update(self, x: torch.Tensor, gx: torch.Tensor) -> float:
         g = _flat(gx)
@@ -88,6 +91,8 @@ class _Tracker:
 
 def _result(tr: _Tracker, x0: torch.Tensor, iters: int, tol: float, name: str) -> SolverResult:
     x = tr.best if tr.best is not None else x0
+    if not tr.finite_scale or tr.best is None:  # NaN/Inf system: no finite residual was ever seen
+        return SolverResult(x, math.nan, math.nan, iters, False, name)
     return SolverResult(x, tr.best_res, tr.best_max, iters, tr.best_res <= tol, name)
 
 
@@ -311,10 +316,15 @@ def solve(h: Fn, x0: torch.Tensor, solver: str = "broyden", max_iter: int = 30, 
             opts["m"] = max(2, int(memory))
     r = SOLVERS[solver](h, x0, max_iter=max_iter, tol=tol, scale=scale, **opts)
     if not r.converged:
-        msg = (f"{solver} solve of the {what} did not converge: relative residual {r.residual:.3g} "
-               f"(worst sample {r.max_residual:.3g}) after {r.iters} iterations, tolerance {tol:g}. "
-               "The best iterate is used. Raise max_iter, try another solver, or check that the "
-               "equilibrium map is contractive (e.g. feedback norm below the threshold).")
+        if not math.isfinite(r.residual):
+            msg = (f"{solver} solve of the {what}: the system holds NaN/Inf values (no finite residual in "
+                   f"{r.iters} iterations); check the input data and lower the learning rate.")
+        else:
+            msg = (f"{solver} solve of the {what} did not converge: relative residual {r.residual:.3g} "
+                   f"(worst sample {r.max_residual:.3g}) after {r.iters} iterations, tolerance {tol:g}. "
+                   + ("" if strict else "The best iterate is used. ")
+                   + "Raise max_iter, try another solver, or check that the "
+                   "equilibrium map is contractive (e.g. feedback norm below the threshold).")
         if strict:
             raise SolverError(msg)
         if warn:

@@ -57,6 +57,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from ..equilibrium import SolverResult, SolverWarning, implicit, jacobian_vjp
 from ..models.protocols import EquilibriumModel, EquilibriumState, FeedbackDiagnostics, SpikeRecord, StatisticsModel
 from ..neurons.fastsim import SimOptions
+from ..nonfinite import watch
 from .base import RULES, LossFn, Rule, StepOutput
 from .graphs import GraphedStep
 
@@ -97,6 +98,9 @@ class IDEConfig:
     cuda_graph: bool = False
 
 
+_NONFINITE_HINT = "check the input data and lower optim.lr"
+
+
 class IDE(Rule):
     name = "ide"
     protocol = EquilibriumModel
@@ -118,6 +122,7 @@ class IDE(Rule):
                              "set rule.fast=true (or leave them at fp32 / false)")
         self.unconverged = 0
         self.solves = 0
+        self._epoch_counts = [0, 0]  # issue 18: [solves, unconverged] of the current epoch
         self._graphs: Dict[tuple, GraphedStep] = {}
         self._graph_failed = False
 
@@ -165,16 +170,29 @@ class IDE(Rule):
 
     def _report(self, r: SolverResult) -> None:
         self.solves += 1
+        self._epoch_counts[0] += 1  # issue 18: per-epoch count, summarised by epoch_summary()
         if r.converged:
             return
         self.unconverged += 1
+        self._epoch_counts[1] += 1  # issue 18
         if self.unconverged == 1 or self.unconverged % max(1, self.config.warn_every) == 0:
             warnings.warn(
                 f"ide: adjoint {r.solver} solve did not converge: relative residual {r.residual:.3g} "
                 f"(worst sample {r.max_residual:.3g}) after {r.iters} iterations (tol {self.config.tol:g}); "
-                f"{self.unconverged} of {self.solves} solves so far. The best iterate is used; raise "
+                f"this is unconverged solve {self.unconverged} of the {self.solves} solves so far (warned "
+                f"again every rule.warn_every={self.config.warn_every} failures; each epoch's count is "
+                "logged at its end). The best iterate is used; raise "
                 "rule.max_iter, change rule.solver, or check that the feedback keeps the map contractive.",
                 SolverWarning, stacklevel=3)
+
+    def epoch_summary(self) -> Optional[str]:  # issue 18: called by the trainer at each epoch's end
+        """One line on the epoch's unconverged adjoint solves (``None`` if all converged); resets."""
+        solves, failed = self._epoch_counts
+        self._epoch_counts = [0, 0]
+        if not failed:
+            return None
+        return (f"ide: {failed} of {solves} adjoint solves this epoch missed tol {self.config.tol:g} "
+                f"({self.unconverged} of {self.solves} since the start); the best iterates were used")
 
     def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
              scaler=None) -> StepOutput:
@@ -183,6 +201,10 @@ class IDE(Rule):
         st = model.begin(x, masks)
         with torch.no_grad():
             a, rec = self.simulate(model, st, c.time_steps)
+        # issue 18: NaN/Inf membranes never spike, so the loss stays finite: flag the membranes'
+        # input current and the rates on the device (read back by the trainer's periodic check)
+        watch("ide: the membrane drive (encoder output)", getattr(st, "drive", None), _NONFINITE_HINT)
+        watch("ide: the equilibrium rates", a, _NONFINITE_HINT)
         # Jacobian graph (parameters constant) in at least fp32 with autocast off, so that the
         # adjoint solve can reach its tolerance under bf16/fp16 autocast too
         a0 = a.detach().to(torch.promote_types(a.dtype, torch.float32)).requires_grad_(True)

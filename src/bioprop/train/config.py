@@ -48,6 +48,13 @@ class OptimConfig:
     weight_decay: float = 0.0
     betas: Tuple[float, float] = (0.9, 0.999)
 
+    def __post_init__(self) -> None:
+        _at_least("optim.lr", self.lr, 0.0)
+        _at_least("optim.momentum", self.momentum, 0.0)
+        _at_least("optim.weight_decay", self.weight_decay, 0.0)
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"optim.betas must both be in [0, 1), got {list(self.betas)}")
+
 
 @dataclass
 class ScheduleConfig:
@@ -65,6 +72,11 @@ class ScheduleConfig:
     min_lr: float = 0.0
     warmup_steps: int = 0
 
+    def __post_init__(self) -> None:
+        _at_least("schedule.step_size", self.step_size, 1)
+        _at_least("schedule.warmup_steps", self.warmup_steps, 0)
+        _at_least("schedule.min_lr", self.min_lr, 0.0)
+
 
 @dataclass
 class TrainConfig:
@@ -74,7 +86,10 @@ class TrainConfig:
     dtype for the forward/backward (``bf16`` needs no loss scaling; ``fp16`` uses a GradScaler).
     ``grad_clip``: max global gradient norm. ``max_steps_per_epoch``: cut epochs short (smoke
     runs; the run is then labelled as shortened). ``out_dir``/``name``: the run directory
-    ``out_dir/name`` (default name: the config file's stem).
+    ``out_dir/name`` (default name: the config file's stem). ``check_every``: read back the
+    device-side NaN/Inf flags of the input, loss, gradients and weights every this many steps (and
+    at every epoch end and before every checkpoint); a non-finite value stops the run naming the
+    step and the tensor (:mod:`bioprop.nonfinite`); 0 turns the checks off.
     """
 
     epochs: int = 10
@@ -90,6 +105,26 @@ class TrainConfig:
     eval_every: int = 1
     max_steps_per_epoch: Optional[int] = None
     progress: Optional[bool] = None
+    check_every: int = 50
+
+    def __post_init__(self) -> None:
+        _at_least("train.epochs", self.epochs, 1, "to train nothing, do not run it; to evaluate, use bioprop eval")
+        _at_least("train.checkpoint_every", self.checkpoint_every, 1)
+        _at_least("train.eval_every", self.eval_every, 1)
+        _at_least("train.keep_checkpoints", self.keep_checkpoints, 0)
+        _at_least("train.check_every", self.check_every, 0)
+        _at_least("train.label_smoothing", self.label_smoothing, 0.0)
+        if self.label_smoothing >= 1:
+            raise ConfigError(f"train.label_smoothing must be below 1, got {self.label_smoothing}")
+        if self.max_steps_per_epoch is not None:
+            _at_least("train.max_steps_per_epoch", self.max_steps_per_epoch, 1, "or null for whole epochs")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ConfigError(f"train.grad_clip must be > 0 (or null for no clipping), got {self.grad_clip}")
+
+
+def _at_least(key: str, value: Any, low: Any, extra: str = "") -> None:
+    if not value >= low:  # also refuses NaN
+        raise ConfigError(f"{key} must be >= {low}, got {value}" + (f" ({extra})" if extra else ""))
 
 
 @dataclass

@@ -27,20 +27,114 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ConfigError
+from ..nonfinite import FiniteMonitor, NonFiniteError
 from ..data import create_dataset
 from ..models import count_parameters, create_model
 from ..rules import create_rule
 from ..rules.base import Rule
 from .checkpoint import (
+    CheckpointError,
+    NoCheckpointError,
     latest_checkpoint,
     load_checkpoint,
+    load_weights,
+    remove_partial,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
 from .config import RunConfig, ScheduleConfig
 
-__all__ = ["Trainer", "resolve_device", "build_optimizer", "build_scheduler", "evaluate", "environment"]
+__all__ = ["Trainer", "resolve_device", "build_optimizer", "build_scheduler", "evaluate", "environment",
+           "claim_run_dir", "newest_run", "run_dir_of", "resume_changes", "RESUME_ALLOWED"]
+
+#: the file whose exclusive creation claims a run directory for one run
+CLAIM_FILE = ".bioprop-run"
+
+#: keys a resumed run may change: they do not change what is computed (``train.epochs`` only
+#: extends or shortens the run, and is refused under the ``cosine`` schedule, a function of it).
+#: Every change is logged and recorded in the run's ``resumes.jsonl``; any other difference is
+#: refused, so that ``config.yaml`` always describes what ran.
+RESUME_ALLOWED = ("train.device", "train.progress", "train.eval_every", "train.checkpoint_every",
+                  "train.keep_checkpoints", "train.check_every", "train.epochs", "data.data_dir",
+                  "data.download")
+#: keys that only name where the run lives (not compared)
+_RESUME_IGNORED = ("train.out_dir", "train.name")
+
+
+def _flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and prefix == "":
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def resume_changes(stored: Dict[str, Any], new: Dict[str, Any]) -> Dict[str, tuple]:
+    """The keys whose value differs between a run's ``stored`` config and the ``new`` one, as
+    ``{key: (old, new)}``; a :class:`ConfigError` listing them if any is not in
+    :data:`RESUME_ALLOWED` (or is ``train.epochs`` under a cosine schedule)."""
+    a, b = _flatten(stored), _flatten(new)
+    changed = {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+               if k not in _RESUME_IGNORED and a.get(k) != b.get(k)}
+    cosine = b.get("schedule.name") == "cosine"
+    refused = [k for k in changed if k not in RESUME_ALLOWED or (k == "train.epochs" and cosine)]
+    if refused:
+        why = " (the cosine schedule is a function of train.epochs)" if "train.epochs" in refused and cosine else ""
+        raise ConfigError(
+            "--resume: the config differs from the run's stored config in "
+            + ", ".join(f"{k} ({changed[k][0]!r} -> {changed[k][1]!r})" for k in refused) + why
+            + "; a resumed run keeps the config it started with: drop these overrides, or start a new run. "
+            f"Allowed on resume: {', '.join(RESUME_ALLOWED)}")
+    return changed
+
+
+def run_dir_of(path: Union[str, Path]) -> Path:
+    """The run directory of a run directory, its ``checkpoints`` folder or one checkpoint."""
+    ck = Path(path)
+    # .../run/checkpoints/epoch_0003 -> .../run ; .../run/checkpoints -> .../run ; .../run -> .../run
+    if (ck / "model.safetensors").is_file() or ck.parent.name == "checkpoints":
+        return ck.parent.parent
+    return ck.parent if ck.name == "checkpoints" else ck
+
+
+def newest_run(base: Path):
+    """Among ``base`` and ``base-N`` that hold a checkpoint: the most recently checkpointed, and
+    the others (newest first)."""
+    n = len(base.name) + 1
+    cands = [base] + sorted((p for p in base.parent.glob(f"{base.name}-*") if p.name[n:].isdigit()),
+                            key=lambda p: int(p.name[n:]))
+    have = [p for p in cands if (p / "checkpoints" / "latest").is_file()]
+    if not have:
+        return None, []
+    have.sort(key=lambda p: (p / "checkpoints" / "latest").stat().st_mtime_ns)
+    return have[-1], have[:-1][::-1]
+
+
+def claim_run_dir(base: Path) -> Path:
+    """Claim ``base``, else the first free ``base-N``, for this run alone. A directory that holds
+    anything is taken; the claim is the exclusive creation (``O_EXCL``) of :data:`CLAIM_FILE` in
+    it, so two runs started at the same moment never share a directory."""
+    base.parent.mkdir(parents=True, exist_ok=True)
+    i = 0
+    while True:
+        path = base if i == 0 else base.with_name(f"{base.name}-{i}")
+        i += 1
+        try:
+            path.mkdir()
+        except FileExistsError:
+            if not path.is_dir() or any(path.iterdir()):
+                continue
+        try:
+            fd = os.open(path / CLAIM_FILE, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"pid {os.getpid()} {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
+        return path
 
 
 def resolve_device(name: str) -> torch.device:
@@ -133,7 +227,7 @@ def _git_commit() -> Optional[str]:
 def environment(device: torch.device) -> Dict[str, Any]:
     """What a result must record: device name, torch version, commit, date."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
-    return {"device": name, "torch": torch.__version__, "commit": _git_commit(),
+    return {"device": name, "torch": str(torch.__version__), "commit": _git_commit(),
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": sys.version.split()[0]}
 
 
@@ -157,6 +251,10 @@ def build_run(config: RunConfig, device: torch.device, rule_seed: Optional[int] 
     if rule_seed is not None:
         rule.seed(rule_seed)
     return dataset, rule.prepare(model), rule
+
+
+_HINT_DATA = "the dataset yields NaN/Inf: clean the data (e.g. torch.nan_to_num) before training"
+_HINT_LR = "lower optim.lr, set train.grad_clip, or check the data"
 
 
 class Trainer:
@@ -191,13 +289,20 @@ class Trainer:
         self.global_step = 0
         self.history: List[Dict[str, Any]] = []
         self.env = environment(self.device)
+        self.monitor = FiniteMonitor(enabled=c.train.check_every > 0)
+        self._named_params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self._own_params = [(n, p) for n, p in self.model.named_parameters() if id(p) in own]
 
         ckpt = None
         if resume:
             ckpt = latest_checkpoint(resume if isinstance(resume, (str, Path)) else self.run_dir)
             if ckpt is None:
-                raise FileNotFoundError(
+                raise NoCheckpointError(
                     f"--resume: no checkpoint found in {self.run_dir}; start without --resume")
+            removed = remove_partial(ckpt.parent)
+            if removed:
+                self.log(f"removed {len(removed)} partial checkpoint write(s) left by a killed run: "
+                         + ", ".join(p.name for p in removed))
             self._restore(ckpt)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(_yaml(self.config.to_dict()))
@@ -210,19 +315,18 @@ class Trainer:
         if run_dir is not None:
             return Path(run_dir)
         if isinstance(resume, (str, Path)):
-            ck = Path(resume)
-            # .../run/checkpoints/epoch_0003 -> .../run ; .../run -> .../run
-            if (ck / "model.safetensors").is_file():
-                return ck.parent.parent
-            return ck.parent if ck.name == "checkpoints" else ck
+            return run_dir_of(resume)
         base = Path(c.out_dir) / (c.name or "run")
         if resume:
-            return base
-        path, i = base, 1
-        while path.exists() and any(path.iterdir()):
-            path = base.with_name(f"{base.name}-{i}")
-            i += 1
-        return path
+            chosen, others = newest_run(base)
+            if chosen is None:
+                raise NoCheckpointError(f"--resume: no checkpoint found in {base} (nor in {base.name}-N); "
+                                      "start without --resume")
+            if others:
+                self.log(f"--resume: resuming {chosen}, the most recently checkpointed of "
+                         f"{', '.join(str(p) for p in [chosen, *others])}; pass --resume DIR to choose")
+            return chosen
+        return claim_run_dir(base)
 
     @staticmethod
     def _seed_everything(seed: int) -> None:
@@ -231,7 +335,22 @@ class Trainer:
         torch.manual_seed(seed)
 
     def _restore(self, ckpt: Path) -> None:
-        state = load_checkpoint(ckpt, self.model)
+        state = load_checkpoint(ckpt)
+        changed = resume_changes(state["config"], self.config.to_dict())
+        try:
+            load_weights(self.model, ckpt)
+        except CheckpointError as e:
+            raise CheckpointError(f"{e}; the checkpoint was written by another model config: resume it "
+                                  "with its own config (bioprop train --resume RUN, without --config)") from None
+        if changed:
+            self.log("resume: applying the allowed change(s) " + ", ".join(
+                f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+                + f" (recorded in {self.run_dir / 'resumes.jsonl'})")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / "resumes.jsonl", "a") as f:
+            f.write(json.dumps({"epoch": state["epoch"], "checkpoint": ckpt.name,
+                                "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                "changed": {k: list(v) for k, v in changed.items()}}) + "\n")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
@@ -288,16 +407,19 @@ class Trainer:
             bar = tqdm(total=n_steps, desc=f"epoch {self.epoch + 1}/{c.train.epochs}", leave=False,
                        dynamic_ncols=True)
         t0 = time.perf_counter()
+        mon = self.monitor
+        every = c.train.check_every
         for i, (x, y) in enumerate(loader):
             if i >= n_steps:
                 break
+            mon.where = f"epoch {self.epoch + 1}, step {i + 1} (global step {self.global_step + 1})"
+            mon.watch("the input batch", x, _HINT_DATA)
             opt.zero_grad(set_to_none=True)
-            with amp() if amp else _null():
+            with mon.active(), (amp() if amp else _null()):
                 out = rule.step(model, x, y, self.loss_fn, self.scaler)
-            if not torch.isfinite(out.loss):
-                raise FloatingPointError(
-                    f"loss is {float(out.loss)} at epoch {self.epoch + 1}, step {i + 1}: lower optim.lr, "
-                    "set train.grad_clip, or check the data")
+            mon.watch("the loss", out.loss, _HINT_LR)
+            if self.scaler is None:  # fp16: the scaler skips steps with Inf gradients by design
+                mon.watch_tensors("the gradient of", [(n, p.grad) for n, p in self._named_params], _HINT_LR)
             if self.scaler is not None:
                 self.scaler.unscale_(opt)
             if c.train.grad_clip:
@@ -307,7 +429,10 @@ class Trainer:
                 self.scaler.update()
             else:
                 opt.step()
-            rule.after_step(model)
+            with mon.active():
+                rule.after_step(model)
+            if self._own_params:  # weights the rule updates itself, outside the optimizer
+                mon.watch_tensors("the weight", self._own_params, _HINT_LR)
             self.scheduler.step()
             self.global_step += 1
             b = y.shape[0]
@@ -318,10 +443,14 @@ class Trainer:
                 v = torch.as_tensor(v, dtype=torch.float32, device=self.device)
                 sums[k] = sums[k] + v if k in sums else v.clone()
                 counts[k] = counts.get(k, 0) + 1
+            if every and (i + 1) % every == 0:
+                self.check_finite()
             if bar is not None:
                 bar.update(1)
                 if i % 20 == 0:
                     bar.set_postfix(loss=f"{float(out.loss):.3f}")
+        if every:
+            self.check_finite()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         dt = time.perf_counter() - t0
@@ -337,6 +466,32 @@ class Trainer:
         res.update({f"train/{k}": float(v) / counts[k] for k, v in sums.items()})
         return res
 
+    def check_finite(self) -> None:
+        """Read back the pending NaN/Inf flags (one synchronisation) with the weights and buffers
+        as they are now; raise :class:`bioprop.nonfinite.NonFiniteError` naming the first offender.
+
+        Flagged every step: the input batch, the loss, every gradient (not under fp16 loss
+        scaling, whose scaler skips Inf steps by design), the weights a rule updates itself, and
+        what the rule reports with :func:`bioprop.nonfinite.watch`. The weights the optimizer
+        updates (finite when their gradients are) and the buffers are flagged at each check."""
+        mon = self.monitor
+        if not mon.enabled:
+            return
+        where = mon.where
+        mon.where = f"the check after {where} (weights are checked every train.check_every steps)"
+        mon.watch_tensors("the weight", list(self.model.named_parameters()), _HINT_LR)
+        mon.watch_tensors("the buffer", [(n, b) for n, b in self.model.named_buffers()
+                                         if b.is_floating_point()], _HINT_LR)
+        mon.where = where
+        try:
+            mon.check()
+        except NonFiniteError as e:  # name the weights that are broken by now (a sync, once)
+            bad = [n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
+            if bad and "weight '" not in str(e):
+                raise NonFiniteError(f"{e} (non-finite weights now: "
+                                     f"{', '.join(repr(n) for n in bad[:4])}{' ...' if len(bad) > 4 else ''})") from None
+            raise
+
     def evaluate(self, split: str = "test") -> Dict[str, float]:
         loader = self.dataset.loader(split, self.device)
         return evaluate(self.model, self.rule, loader, self.loss_fn, self._amp())
@@ -350,6 +505,10 @@ class Trainer:
             row: Dict[str, Any] = {"epoch": self.epoch + 1, "step": self.global_step}
             row["lr"] = self.optimizer.param_groups[0]["lr"]
             row.update(self.train_epoch())
+            summary = getattr(self.rule, "epoch_summary", None)  # e.g. ide's unconverged solves
+            line = summary() if callable(summary) else None
+            if line:
+                self.log(line)
             row["step"] = self.global_step
             last = self.epoch + 1 == c.train.epochs
             if last or (self.epoch + 1) % max(1, c.train.eval_every) == 0:
@@ -429,7 +588,7 @@ def evaluate_checkpoint(path: Union[str, Path], split: str = "test", device: str
 
     ckpt = latest_checkpoint(path)
     if ckpt is None:
-        raise FileNotFoundError(f"{path}: no bioprop checkpoint found (expected a run directory or a "
+        raise NoCheckpointError(f"{path}: no bioprop checkpoint found (expected a run directory or a "
                                 "checkpoints/epoch_NNNN directory)")
     state = load_checkpoint(ckpt)
     raw = apply_overrides(state["config"], list(overrides or []) + [f"train.device={device}"])
