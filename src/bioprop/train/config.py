@@ -90,6 +90,8 @@ class TrainConfig:
     eval_every: int = 1
     max_steps_per_epoch: Optional[int] = None
     progress: Optional[bool] = None
+    #: under torchrun: synchronise BatchNorm layers across processes (nn.SyncBatchNorm; CUDA only)
+    sync_bn: bool = False
 
 
 @dataclass
