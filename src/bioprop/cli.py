@@ -74,7 +74,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     trainer = Trainer(config, resume=resume)
     result = trainer.fit()
     summary = {k: result[k] for k in ("epoch", "train_acc", "val_acc", "test_acc", "run_dir") if k in result}
-    print(json.dumps(summary))
+    from .distributed import is_main
+
+    if is_main():  # under torchrun, rank 0 alone reports
+        print(json.dumps(summary))
     return 0
 
 
