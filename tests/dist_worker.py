@@ -36,6 +36,8 @@ def configs(out):
         "fa": base(out, "fa", mlp, {"name": "fa"}),
         "pc": base(out, "pc", mlp, {"name": "pc", "variant": "fixed_pred", "eta": 0.5, "n": 5}),
         "bptt": base(out, "bptt", {"name": "spiking_mlp", "hidden": [24], "time_steps": 4}, {"name": "bptt"}),
+        "kp": base(out, "kp", mlp, {"name": "kp"}),
+        "tssl": base(out, "tssl", {"name": "tssl_fmnist_mlp", "arch": "24"}, {"name": "tssl"}),
         "ide": base(out, "ide", {"name": "f400", "hidden": 24, "time_steps": 5, "dropout": 0.0}, {"name": "ide"}),
     }
 

@@ -1,5 +1,5 @@
 """Multi-process training (torchrun, gloo on CPU, 2 processes): after k steps the weights equal one
-process trained on the concatenated batches (bp, fa, pc, bptt); ide (whose F400 normalises with
+process trained on the concatenated batches (bp, fa, kp, pc, bptt, tssl); ide (whose F400 normalises with
 each shard's BatchNorm statistics) equals one process accumulating the shards' gradients; a
 2-process checkpoint resumes under 2 processes bit-identically, and not under another number."""
 
@@ -48,7 +48,7 @@ def _weights(run_dir):
     return state
 
 
-@pytest.mark.parametrize("rule", ["bp", "fa", "pc", "bptt"])
+@pytest.mark.parametrize("rule", ["bp", "fa", "kp", "pc", "bptt", "tssl"])
 def test_two_processes_equal_one_process_on_the_concatenated_batch(two_process_runs, tmp_path, rule):
     cfg = dist_worker.configs(tmp_path)[rule]
     single = Trainer(cfg, log=_quiet)

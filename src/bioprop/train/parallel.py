@@ -64,10 +64,14 @@ def shard_batch(x: torch.Tensor, y: torch.Tensor, time_first: bool = False) -> T
     return xs, y[a:b], b - a, B
 
 
-def reduce_step_grads(params, b_local: int, b_global: int) -> None:
-    """``g <- sum_r (b_r / B) g_r`` over every parameter's ``.grad`` (any rule's)."""
+def reduce_step_grads(params, b_local: int, b_global: int, reduction: str = "mean") -> None:
+    """``g <- sum_r (b_r / B) g_r`` over every parameter's ``.grad`` (any rule's) for a gradient of
+    the mean loss (``reduction='mean'``); ``g <- sum_r g_r`` for a gradient of the batch-summed
+    loss (``'sum'``, e.g. tssl: :attr:`bioprop.rules.base.Rule.grad_reduction`)."""
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"grad_reduction must be 'mean' or 'sum', got {reduction!r}")
     if D.is_distributed():
-        D.all_reduce_grads(params, weight=b_local / b_global)
+        D.all_reduce_grads(params, weight=b_local / b_global if reduction == "mean" else 1.0)
 
 
 def global_loss(loss: torch.Tensor, b_local: int, b_global: int) -> torch.Tensor:

@@ -296,7 +296,7 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
             with amp() if amp else _null():
                 out = rule.step(model, x, y, self.loss_fn, self.scaler)
-            parallel.reduce_step_grads(model.parameters(), b_local, b_global)  # distributed: one all-reduce
+            parallel.reduce_step_grads(model.parameters(), b_local, b_global, rule.grad_reduction)  # distributed
             if not torch.isfinite(parallel.global_loss(out.loss, b_local, b_global)):
                 raise FloatingPointError(
                     f"loss is {float(out.loss)} at epoch {self.epoch + 1}, step {i + 1}: lower optim.lr, "
