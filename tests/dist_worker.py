@@ -33,6 +33,7 @@ def configs(out):
     mlp = {"name": "mlp", "hidden": [24, 16]}
     return {
         "bp": base(out, "bp", mlp, {"name": "bp"}),
+        "bp_uneven": base(out, "bp_uneven", mlp, {"name": "bp"}, batch=33),  # shards of 17 and 16
         "fa": base(out, "fa", mlp, {"name": "fa"}),
         "pc": base(out, "pc", mlp, {"name": "pc", "variant": "fixed_pred", "eta": 0.5, "n": 5}),
         "bptt": base(out, "bptt", {"name": "spiking_mlp", "hidden": [24], "time_steps": 4}, {"name": "bptt"}),

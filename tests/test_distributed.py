@@ -48,7 +48,7 @@ def _weights(run_dir):
     return state
 
 
-@pytest.mark.parametrize("rule", ["bp", "fa", "kp", "pc", "bptt", "tssl"])
+@pytest.mark.parametrize("rule", ["bp", "bp_uneven", "fa", "kp", "pc", "bptt", "tssl"])
 def test_two_processes_equal_one_process_on_the_concatenated_batch(two_process_runs, tmp_path, rule):
     cfg = dist_worker.configs(tmp_path)[rule]
     single = Trainer(cfg, log=_quiet)
