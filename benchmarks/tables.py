@@ -284,6 +284,26 @@ def _arm(r: Dict) -> tuple:
     return norm, f"{m.get('fb_norm_range', 1.0):g} ({m.get('fb_gain_init', 0.9):g})"
 
 
+def distributed_table() -> str:
+    rows = _newest_commit(_lines("distributed.jsonl"))
+    if not rows:
+        return "_No results in benchmarks/results/distributed.jsonl yet._\n"
+    out = ["| config | processes | images/s (median of rounds) | rounds | x 1 process |", "| --- | --- | --- | --- | --- |"]
+    import statistics
+
+    med = lambda r: statistics.median(r["images_per_s"])  # noqa: E731
+    one = {r["config"]: med(r) for r in rows if r["nproc"] == 1}
+    for r in rows:
+        base = one.get(r["config"])
+        ratio = f"{med(r) / base:.2f}" if base else "-"
+        out.append(f"| {r['config']} | {r['nproc']} | {med(r):.0f} | "
+                   f"{', '.join(f'{v:.0f}' for v in r['images_per_s'])} | {ratio} |")
+    r = rows[0]
+    return ("\n".join(out) + f"\n\nGlobal batch {r['global_batch']}, {r['steps_per_epoch']} steps an epoch (shortened), "
+            f"last of 2 epochs, {r['threads_per_process']} thread per process, {r['data']}; {r['device']}, "
+            f"torch {r['torch']}, commit {r['commit']}. {r.get('note', '')}\n")
+
+
 def results_markdown() -> str:
     return ("**Training runs** (`benchmarks/results/train.jsonl`, from `benchmarks/train_bench.py`)\n\n"
             + train_table() + "\n**Ablation: spectral norm of the F64C5 feedback convolution** "
@@ -310,7 +330,10 @@ def results_markdown() -> str:
             + "\n**TSSL-BP against BPTT on the same networks: training images/s** (`benchmarks/results/tssl_speed.jsonl`, "
             "from `benchmarks/tssl_speed.py`)\n\n" + tssl_speed_table()
             + "\n**Predictive coding: time per training step on the 5-block MNIST CNN** (`benchmarks/results/pc_speed.jsonl`, "
-            "from `benchmarks/pc_speed.py`)\n\n" + pc_speed_table())
+            "from `benchmarks/pc_speed.py`)\n\n" + pc_speed_table()
+            + "\n**Data-parallel training under torchrun: images/s for 1 and 2 processes** "
+            "(`benchmarks/results/distributed.jsonl`, from `benchmarks/distributed_throughput.py`; CPU, gloo; "
+            "no multi-GPU machine has been available yet)\n\n" + distributed_table())
 
 
 if __name__ == "__main__":

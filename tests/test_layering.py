@@ -9,8 +9,8 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "bioprop"
 
 #: a package (or top-level module) may import only from packages of a lower floor (or its own)
 FLOOR = {"config": 0, "neurons": 0, "equilibrium": 0, "metrics": 0, "distributed": 0, "nonfinite": 0, "_version": 0,
-         "models": 1, "data": 1, "rules": 2, "train": 3, "meta": 3, "export": 3, "cli": 4, "__main__": 5,
-         "__init__": 5}
+         "models": 1, "data": 1, "rules": 2, "train": 3, "meta": 3, "export": 4, "plot": 4, "cli": 5, "__main__": 6,
+         "__init__": 6}
 #: the only modules of ``models`` that rules may import: protocols and shared records, no architecture
 RULES_MAY_IMPORT = {"bioprop.models.protocols", "bioprop.models.base"}
 
@@ -37,7 +37,8 @@ def _imports(path: Path) -> Set[str]:
             else:
                 target = node.module or ""
             if target.startswith("bioprop"):
-                out.add(target)
+                if node.module or not node.level:  # `from .. import x` imports the modules x, not the package
+                    out.add(target)
                 for alias in node.names:  # `from . import alignment` imports a module
                     if (SRC.parent / (target + "." + alias.name).replace(".", "/")).with_suffix(".py").exists():
                         out.add(f"{target}.{alias.name}")

@@ -2,6 +2,7 @@
 
     bioprop train [--config FILE] [--resume [RUN]] [--data-dir DIR] [section.key=value ...]
     bioprop eval CHECKPOINT [--split test|val|train] [--device DEV] [--data-dir DIR]
+    bioprop export RUN_DIR --format nir OUT.nir
     bioprop list [--markdown]
 
 ``bioprop train`` with no arguments trains the packaged default config on the embedded data.
@@ -128,7 +129,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"bioprop: interrupted; {where}", file=sys.stderr)
         return 130
     summary = {k: result[k] for k in ("epoch", "train_acc", "val_acc", "test_acc", "run_dir") if k in result}
-    print(json.dumps(summary))
+    from .distributed import is_main
+
+    if is_main():  # under torchrun, rank 0 alone reports
+        print(json.dumps(summary))
     return 0
 
 
@@ -143,6 +147,19 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                               overrides=overrides)
     print(f"{args.split} accuracy {100 * res['acc']:.2f}% (loss {res['loss']:.4f}) of {res['checkpoint']}")
     print(json.dumps(res))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    try:
+        from .export import export_run
+        import nir  # noqa: F401
+    except ImportError:
+        print("bioprop: error: NIR export needs the 'nir' package: pip install 'bioprop[nir]'", file=sys.stderr)
+        return 2
+    path = export_run(args.run, args.out, format=args.format, dt=args.dt,
+                      dense_limit=None if args.dense_limit == 0 else args.dense_limit)
+    print(f"wrote {path} ({args.format}) from {args.run}")
     return 0
 
 
@@ -174,6 +191,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("overrides", nargs="*", help="section.key=value applied to the stored config")
     e.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     e.set_defaults(fn=_cmd_eval)
+
+    x = sub.add_parser("export", help="export a trained spiking model (NIR; needs bioprop[nir])")
+    x.add_argument("run", help="run directory or checkpoints/epoch_NNNN directory")
+    x.add_argument("out", help="output file, e.g. model.nir")
+    x.add_argument("--format", default="nir", choices=["nir"])
+    x.add_argument("--dt", type=float, default=1e-4, help="time step the NIR neuron constants are written for")
+    x.add_argument("--dense-limit", type=int, default=1 << 26,
+                   help="most weights of a dense layer standing for a transposed convolution (0: no limit)")
+    x.set_defaults(fn=_cmd_export)
 
     ls = sub.add_parser("list", help="list models, rules and datasets")
     ls.add_argument("--markdown", action="store_true", help="as the README's Markdown tables")

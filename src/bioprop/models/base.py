@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Tuple
 import torch
 from torch import nn
 
-from ..config import Registry
+from ..config import Registry, from_dict, to_dict
 from ..neurons import NeuronParams
 
 __all__ = ["MODELS", "create_model", "count_parameters", "SpikeRecord", "Edge", "conv_out"]
@@ -24,8 +24,14 @@ def create_model(name: str, config: Any = None, **kwargs: Any) -> nn.Module:
 
     Unknown keyword arguments raise :class:`bioprop.config.ConfigError` naming the valid keys.
     """
-    model = MODELS.create(name, config, **kwargs)
+    cls = MODELS.config_class(name)
+    if config is None or kwargs:
+        base = to_dict(config) if config is not None else {}
+        config = from_dict(cls, {**base, **kwargs}, where=f"model[{name}]")
+    model = MODELS.create(name, config)
     model.model_name = name  # type: ignore[attr-defined]
+    # the resolved config, so that tools (NIR export) can rebuild the same architecture
+    model.model_config = to_dict(config)  # type: ignore[attr-defined]
     return model
 
 

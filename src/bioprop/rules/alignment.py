@@ -514,6 +514,11 @@ class AlignmentRule(Rule):
             self.b_opt = torch.optim.Adam(_b_params(model), lr=c.b_lr, weight_decay=c.b_weight_decay)
         return model
 
+    @property
+    def grad_reduction(self) -> str:  # type: ignore[override]
+        """The model rule's (its loss gradient sets the batch reduction)."""
+        return self.inner.grad_reduction
+
     def own_parameters(self, model: nn.Module) -> List[nn.Parameter]:
         own = _b_params(model) if self.config.b_optimizer != "model" else []
         return own + list(self.inner.own_parameters(model))

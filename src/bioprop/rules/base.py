@@ -51,6 +51,9 @@ class Rule:
     #: the protocol of :mod:`bioprop.models.protocols` the rule needs of a model (``None``: any
     #: ``nn.Module``); ``prepare`` checks it once and names what is missing
     protocol: Optional[type] = None
+    #: how the gradient ``step`` writes depends on the batch: ``"mean"`` (of the per-sample losses:
+    #: data-parallel ranks average it, weighted by shard size) or ``"sum"`` (ranks add it)
+    grad_reduction: str = "mean"
 
     def __init__(self, config: Any = None):
         self.config = config

@@ -224,6 +224,7 @@ class TSSLBP(Rule):
 
     name = "tssl"
     protocol = PSPModel
+    grad_reduction = "sum"  # the gradient of the batch-summed loss (as the reference)
 
     def __init__(self, config: TSSLConfig):
         super().__init__(config)

@@ -107,6 +107,9 @@ class TrainConfig:
     progress: Optional[bool] = None
     check_every: int = 50
 
+    #: under torchrun: synchronise BatchNorm layers across processes (nn.SyncBatchNorm; CUDA only)
+    sync_bn: bool = False
+
     def __post_init__(self) -> None:
         _at_least("train.epochs", self.epochs, 1, "to train nothing, do not run it; to evaluate, use bioprop eval")
         _at_least("train.checkpoint_every", self.checkpoint_every, 1)

@@ -43,7 +43,9 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from . import parallel
 from .config import RunConfig, ScheduleConfig
+from .. import distributed as dist_
 
 __all__ = ["Trainer", "resolve_device", "build_optimizer", "build_scheduler", "evaluate", "environment",
            "claim_run_dir", "newest_run", "run_dir_of", "resume_changes", "RESUME_ALLOWED"]
@@ -269,12 +271,15 @@ class Trainer:
                  resume: Union[bool, str, Path] = False, log: Callable[[str], None] = print):
         self.config = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
         c = self.config
-        self.log = log
-        self.device = resolve_device(c.train.device)
-        self.run_dir = self._run_dir(run_dir, resume)
+        self.device = parallel.setup_device(c.train.device, resolve_device)  # torchrun: joins the group
+        self.log = log if dist_.is_main() else (lambda *a, **k: None)
+        # rank 0 alone claims (or picks) the run directory; the others take its choice
+        self.run_dir = dist_.broadcast_object(self._run_dir(run_dir, resume) if dist_.is_main() else None)
         self._seed_everything(c.train.seed)
 
         self.dataset, self.model, self.rule = build_run(c, self.device, rule_seed=c.train.seed + 1)
+        self.model = parallel.prepare_model(self.model, c.train.sync_bn, self.device)  # distributed
+        parallel.seed_rank(c.train.seed)  # distributed: ranks > 0 draw their own dropout masks
 
         self.steps_per_epoch = len(self.dataset.loader("train", self.device, seed=c.train.seed, epoch=0))
         if c.train.max_steps_per_epoch:
@@ -304,8 +309,9 @@ class Trainer:
                 self.log(f"removed {len(removed)} partial checkpoint write(s) left by a killed run: "
                          + ", ".join(p.name for p in removed))
             self._restore(ckpt)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(_yaml(self.config.to_dict()))
+        if dist_.is_main():
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(_yaml(self.config.to_dict()))
         if ckpt is not None:
             self.log(f"resumed from {ckpt} (epoch {self.epoch}, step {self.global_step})")
 
@@ -356,7 +362,7 @@ class Trainer:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.rule.load_state_dict(state["rule"])
-        set_rng_state(state["rng"])
+        parallel.restore_rank_rng(state, set_rng_state)  # this rank's generators (same N only)
         self.epoch = state["epoch"]
         self.global_step = state["global_step"]
         self.history = state["history"]
@@ -368,6 +374,7 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rule": self.rule.state_dict(),
             "rng": rng_state(),
+            "rng_ranks": parallel.rank_rng_states(rng_state),  # distributed: every rank's (collective)
             "epoch": self.epoch,
             "global_step": self.global_step,
             "history": self.history,
@@ -384,6 +391,8 @@ class Trainer:
 
     def _progress(self) -> bool:
         p = self.config.train.progress
+        if not dist_.is_main():
+            return False
         if p is not None:
             return p
         return sys.stderr.isatty() and os.environ.get("CI", "").lower() not in ("true", "1")
@@ -412,11 +421,13 @@ class Trainer:
         for i, (x, y) in enumerate(loader):
             if i >= n_steps:
                 break
+            x, y, b_local, b_global = parallel.shard_batch(x, y, getattr(loader, "time_first", False))
             mon.where = f"epoch {self.epoch + 1}, step {i + 1} (global step {self.global_step + 1})"
             mon.watch("the input batch", x, _HINT_DATA)
             opt.zero_grad(set_to_none=True)
             with mon.active(), (amp() if amp else _null()):
                 out = rule.step(model, x, y, self.loss_fn, self.scaler)
+            parallel.reduce_step_grads(model.parameters(), b_local, b_global, rule.grad_reduction)  # distributed
             mon.watch("the loss", out.loss, _HINT_LR)
             if self.scaler is None:  # fp16: the scaler skips steps with Inf gradients by design
                 mon.watch_tensors("the gradient of", [(n, p.grad) for n, p in self._named_params], _HINT_LR)
@@ -453,6 +464,7 @@ class Trainer:
             self.check_finite()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+        seen, loss_sum, correct = parallel.epoch_totals(seen, loss_sum, correct)  # distributed: all ranks
         dt = time.perf_counter() - t0
         if bar is not None:
             bar.close()
@@ -517,11 +529,15 @@ class Trainer:
                 row.update({f"test_{k}": v for k, v in self.evaluate("test").items()})
             self.epoch += 1
             self.history.append(row)
-            self._write_metrics(row)
+            if dist_.is_main():  # distributed: rank 0 alone writes
+                self._write_metrics(row)
             self.log(self._summary(row))
             if last or self.epoch % max(1, c.train.checkpoint_every) == 0:
-                save_checkpoint(self.run_dir / "checkpoints", self.epoch, self.model, self._state(),
-                                keep=c.train.keep_checkpoints)
+                state = self._state()  # collective under torchrun (every rank's generator state)
+                if dist_.is_main():
+                    save_checkpoint(self.run_dir / "checkpoints", self.epoch, self.model, state,
+                                    keep=c.train.keep_checkpoints)
+                dist_.barrier()
         final = dict(self.history[-1]) if self.history else {}
         final["run_dir"] = str(self.run_dir)
         return final
