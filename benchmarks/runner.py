@@ -316,6 +316,7 @@ class Runner:
         if not partial:
             tgz.unlink(missing_ok=True)
             return
+        self.out.mkdir(parents=True, exist_ok=True)
         with tarfile.open(tgz, "w:gz") as tar:
             for j in partial:
                 rd = self.run_dir(j)
