@@ -74,7 +74,8 @@ class TrainConfig:
     dtype for the forward/backward (``bf16`` needs no loss scaling; ``fp16`` uses a GradScaler).
     ``grad_clip``: max global gradient norm. ``max_steps_per_epoch``: cut epochs short (smoke
     runs; the run is then labelled as shortened). ``out_dir``/``name``: the run directory
-    ``out_dir/name`` (default name: the config file's stem).
+    ``out_dir/name`` (default name: the config file's stem). ``tensorboard``: also write each
+    epoch's metrics as TensorBoard scalars into ``RUN_DIR/tensorboard`` (the ``tensorboard`` extra).
     """
 
     epochs: int = 10
@@ -90,6 +91,7 @@ class TrainConfig:
     eval_every: int = 1
     max_steps_per_epoch: Optional[int] = None
     progress: Optional[bool] = None
+    tensorboard: bool = False
 
 
 @dataclass
