@@ -475,6 +475,51 @@ def _run_in_process(cmd: List[str], logf) -> int:
     return rc
 
 
+# -- the benchmark guide's generated section ------------------------------------------------------
+GUIDE = ROOT / "docs" / "guides" / "benchmarks.md"
+_BEGIN, _END = "<!-- begin: suites -->", "<!-- end: suites -->"
+
+
+def suites_markdown(suites: Optional[Dict[str, Dict[str, Any]]] = None) -> str:
+    """Every suite and entry of the suite file as Markdown: what runs, which results file and
+    table it feeds, its budget (docs/guides/benchmarks.md holds it; ``--write-docs`` refreshes it)."""
+    suites = suites if suites is not None else load_suites()
+    out: List[str] = []
+    for name, s in suites.items():
+        budget = s.get("budget_s")
+        out.append(f"#### `{name}`\n")
+        out.append(" ".join((s.get("description") or "").split())
+                   + (f" Budget of one invocation: {budget:.0f} s." if budget is not None else "") + "\n")
+        out.append("| entry | runs | results (table) | budget s |")
+        out.append("| --- | --- | --- | --- |")
+        for e in s.get("entries") or []:
+            if "config" in e:
+                what = f"`{e['config'] or DEFAULT_CONFIG}`" + (f" `{' '.join(_flat(e.get('overrides')))}`"
+                                                                if e.get("overrides") else "")
+                if e.get("seeds"):
+                    what += f", seeds {', '.join(map(str, e['seeds']))}"
+            else:
+                head = f"python -m {e['module']}" if e.get("module") else e["script"]
+                what = f"`{' '.join([head] + [str(a) for a in e.get('args') or []])}`"
+            res = f"`{e['results']}`" + (f" ({e['table']})" if e.get("table") else "") if e.get("results") else "-"
+            out.append(f"| `{e['id']}` | {what.replace('|', '&#124;')} | {res} | {e.get('budget_s', '-')} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def write_docs(check: bool = False) -> bool:
+    """Refresh (or, with ``check``, compare) the guide's generated section; True when current."""
+    text = GUIDE.read_text()
+    i, j = text.find(_BEGIN), text.find(_END)
+    if i < 0 or j < 0:
+        raise SuiteError(f"{GUIDE} has no '{_BEGIN}' ... '{_END}' section")
+    new = text[: i + len(_BEGIN)] + "\n" + suites_markdown() + text[j:]
+    if check:
+        return new == text
+    GUIDE.write_text(new)
+    return True
+
+
 # -- command line --------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description="Run a named benchmark suite "
@@ -490,6 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", help="comma-separated entry ids")
     p.add_argument("--toy", action="store_true", help="toy sizes: a CPU check of the suite, seconds per entry")
     p.add_argument("--suites", help="suite file (default benchmarks/suites.yaml)")
+    p.add_argument("--write-docs", action="store_true", help="refresh the suites section of docs/guides/benchmarks.md")
     p.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)  # tests: no start-up per entry
     p.add_argument("--merge", metavar="DIR", help="append the rows of DIR/*.jsonl missing from benchmarks/results/")
     return p
@@ -498,6 +544,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     a = build_parser().parse_args(argv)
     try:
+        if a.write_docs:
+            write_docs()
+            print(GUIDE)
+            return 0
         if a.merge:
             for name, n in merge(Path(a.merge)).items():
                 print(f"{name}: {n} rows added")

@@ -175,3 +175,11 @@ def test_merge_appends_new_real_rows_once(tmp_path):
     assert runner.merge(src, dest) == {"train.jsonl": 1}
     assert runner.merge(src, dest) == {"train.jsonl": 0}
     assert _rows(dest / "train.jsonl") == [{"a": 1}] and not (dest / "bench_gpu_status.jsonl").exists()
+
+
+def test_the_benchmark_guide_lists_every_suite_as_declared():
+    assert runner.write_docs(check=True), "docs/guides/benchmarks.md is out of date: run python -m benchmarks --write-docs"
+    text = (ROOT / "docs" / "guides" / "benchmarks.md").read_text()
+    for name, suite in runner.load_suites().items():
+        assert f"#### `{name}`" in text
+        assert all(f"| `{e['id']}` |" in text for e in suite["entries"])
