@@ -183,3 +183,15 @@ def test_the_benchmark_guide_lists_every_suite_as_declared():
     for name, suite in runner.load_suites().items():
         assert f"#### `{name}`" in text
         assert all(f"| `{e['id']}` |" in text for e in suite["entries"])
+
+
+def test_bioprop_bench_runs_the_checkouts_runner(capfd, monkeypatch):
+    from bioprop.cli import main
+
+    monkeypatch.chdir(ROOT / "docs")  # found from a subfolder of the checkout too
+    assert main(["bench", "gpu", "--dry-run"]) == 0
+    out = capfd.readouterr().out
+    assert "$ python benchmarks/ide_speed.py --out benchmarks/results/ide_speed.jsonl" in out
+    assert "f64c5_kernel" in out and "would run" in out
+    assert main(["bench", "no_such_suite"]) == 2
+    assert "no suite 'no_such_suite'" in capfd.readouterr().err

@@ -126,7 +126,8 @@ def plot_runs(paths: Sequence[str], out: str = "metrics.png", prefix: Optional[s
     plt = _pyplot()
     ncols = min(3, len(data))
     nrows = -(-len(data) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols + 1.5, 3.6 * nrows), squeeze=False)
+    wide = any(len(lines) > 8 for lines in data.values())
+    fig, axes = plt.subplots(nrows, ncols, figsize=((7.2 if wide else 5.2) * ncols + 1.5, 3.6 * nrows), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     styles = ["-", "--", ":", "-."]
     run_colour = {n: colours[i % len(colours)] for i, n in enumerate(histories)}
@@ -140,7 +141,10 @@ def plot_runs(paths: Sequence[str], out: str = "metrics.png", prefix: Optional[s
         ax.set_title(kind, fontsize=10)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, loc="best")
+        if len(lines) > 8:  # many runs x layers: the legend beside the panel, not over the lines
+            ax.legend(fontsize=5, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        else:
+            ax.legend(fontsize=6, loc="best")
     for ax in list(axes.flat)[len(data):]:
         ax.axis("off")
     if title:
