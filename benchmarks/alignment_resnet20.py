@@ -15,7 +15,7 @@ concurrently for E epochs fits the budget, assuming the concurrent runs together
 ``--concurrency-gain`` times faster than one after the other (the schedule is then the same
 for all rules, and stated with the results).
 
-Training is ``benchmarks/train_bench.py`` on the same config (see ``benchmarks/run_methods_gpu.sh``);
+Training is ``benchmarks/train_bench.py`` on the same config (the ``methods`` suite of ``benchmarks/suites.yaml``);
 ``plot`` draws the mean over layers of the B-W^T angle and of the update-vs-BP angle per rule.
 Data: the CIFAR-10 python batches in DIR; say "CIFAR-10 (JPEG q75 copy)" when they come from
 ``../shared/tools/cifar10_from_jpeg.py``.

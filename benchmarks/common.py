@@ -53,15 +53,29 @@ def training_throughput(step: Callable[[], None], device: torch.device, batch: i
     return out
 
 
+def command_line(argv: List[str] = None) -> str:
+    """The command that reproduces a script's rows: ``python benchmarks/x.py ARGS`` (the script's
+    path relative to the repository root when inside it)."""
+    import shlex
+
+    argv = list(sys.argv if argv is None else argv)
+    script = Path(argv[0]).resolve() if argv else None
+    head = str(script.relative_to(ROOT)) if script and script.is_relative_to(ROOT) else (argv[0] if argv else "")
+    return shlex.join(["python", head] + argv[1:])
+
+
 def write_lines(path, rows: List[dict]) -> None:
+    """Append ``rows`` as JSON lines to ``path``; each row records the ``command`` that
+    reproduces it (unless it names one already; the suite runner replaces it with its own)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = command_line()
     with open(path, "a") as f:
         for r in rows:
-            f.write(json.dumps(r) + "\n")
+            f.write(json.dumps({**r, "command": r.get("command", cmd)}) + "\n")
 
 
-__all__ = ["ROOT", "environment", "time_ms", "training_throughput", "write_lines", "parse_model_kw"]
+__all__ = ["ROOT", "environment", "time_ms", "training_throughput", "write_lines", "command_line", "parse_model_kw"]
 
 
 def parse_model_kw(text: str) -> Dict[str, object]:

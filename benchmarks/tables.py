@@ -104,8 +104,7 @@ def alignment_table() -> str:
     runs = _lines("alignment_resnet20.jsonl")
     if not steps and not runs:
         return "_No results in benchmarks/results/alignment_resnet20*.jsonl yet._\n"
-    last = runs[-1].get("commit") if runs else None
-    by_rule = {_variant(r["rule"]): r for r in runs if r.get("commit") == last}
+    by_rule = {_variant(r["rule"]): r for r in runs}  # the newest row of each rule and variant
     out = ["| rule | epochs | test acc % (final epoch) | test error % | step ms | x eager BP | bar | train commit | step commit |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     names = ["bp", "fa", "sign_symmetry", "kp", "wm", "ia", "sa", "aa"]
@@ -175,7 +174,7 @@ def tssl_speed_table() -> str:
     rows = _newest_commit(_lines("tssl_speed.jsonl"))
     if not rows:
         return ("_No results in benchmarks/results/tssl_speed.jsonl yet (GPU figures not measured; "
-                "`benchmarks/run_tssl_gpu.sh` measures them)._\n")
+                "the `gpu` suite measures them: `python -m benchmarks gpu`)._\n")
     variants = [v for v in ("bptt", "tssl", "tssl+graph") if any(r.get("variant", r["rule"]) == v for r in rows)]
     out = ["| model | " + " | ".join(f"`{v}` img/s | `{v}` peak MiB" for v in variants) + " | best tssl / bptt |",
            "| --- | " + " | ".join("--- | ---" for _ in variants) + " | --- |"]
@@ -210,7 +209,7 @@ def ide_speed_table() -> str:
     lines = [r for r in _lines("ide_speed.jsonl") if not r.get("smoke")]
     if not lines:
         return ("_No results in benchmarks/results/ide_speed.jsonl yet (GPU figures not measured; "
-                "`python benchmarks/ide_speed.py` on a GPU measures them)._\n")
+                "the `gpu` suite measures them: `python -m benchmarks gpu`)._\n")
     parts = []
     for device in dict.fromkeys(r["device"] for r in lines):
         rows = _newest_commit([r for r in lines if r["device"] == device])
@@ -322,8 +321,8 @@ def results_markdown() -> str:
             + "\n**IDE vs BPTT on AlexNet-F: training images/s and peak memory against T** "
             "(`benchmarks/results/ide_memory.jsonl`, from `benchmarks/ide_memory.py`)\n\n" + ide_memory_table()
             + "\n**Two Routes rules on ResNet-20 / CIFAR-10 (JPEG q75 copy)** (`benchmarks/results/alignment_resnet20*.jsonl`, "
-            "from `benchmarks/run_methods_gpu.sh`: step times measured one rule after the other on an idle GPU, "
-            "the training runs concurrently, one schedule for all: SGD 0.1, momentum 0.9, wd 5e-4, cosine, "
+            "from the `methods` suite (rows at commit 1284030: training runs concurrent on one GPU) and the `gpu` suite "
+            "(SA x10): step times measured one rule after the other on an idle GPU, one schedule for all: SGD 0.1, momentum 0.9, wd 5e-4, cosine, "
             "batch 128, the epochs shown)\n\n" + alignment_table()
             + "\n**IDE speed: the fast path against the reference path and the original code** "
             "(`benchmarks/results/ide_speed.jsonl`, from `benchmarks/ide_speed.py`)\n\n" + ide_speed_table()

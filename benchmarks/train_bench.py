@@ -78,9 +78,19 @@ def result_row(cfg, hist, env, config_path, overrides, dataset, bench="train", p
     return row
 
 
+def command_line() -> str:
+    """The command that reproduces this row (``python benchmarks/train_bench.py ARGS``, without
+    the run folder's ``train.out_dir``); rows written by the suite runner carry its own."""
+    import shlex
+
+    return shlex.join(["python", "benchmarks/train_bench.py"]
+                      + [a for a in sys.argv[1:] if not a.startswith("train.out_dir=")])
+
+
 def write_row(row: dict, out=None, bench="train") -> None:
     out = Path(out or ROOT / "benchmarks" / "results" / f"{bench}.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
+    row.setdefault("command", command_line())
     with open(out, "a") as f:
         f.write(json.dumps(row) + "\n")
     print(json.dumps({k: row.get(k) for k in ("config", "epochs", "test_acc", "best_test_acc", "train_images_per_s",

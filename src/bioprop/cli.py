@@ -4,6 +4,8 @@
     bioprop eval CHECKPOINT [--split test|val|train] [--device DEV] [--data-dir DIR]
     bioprop export RUN_DIR --format nir OUT.nir
     bioprop list [--markdown]
+    bioprop bench SUITE [--list] [--dry-run] [...]   (a source checkout's benchmarks/suites.yaml)
+    bioprop plot RUN_DIR [RUN_DIR ...] [--out FIG.png]
 
 ``bioprop train`` with no arguments trains the packaged default config on the embedded data.
 
@@ -163,6 +165,67 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- bench and plot (self-contained: their parsers are added by _add_bench_and_plot) ---------------
+def _find_checkout() -> Optional["Path"]:
+    """The source checkout holding ``benchmarks/suites.yaml``: the working directory or a parent,
+    else the checkout this package was installed from (editable installs)."""
+    from pathlib import Path
+
+    here = Path.cwd().resolve()
+    for d in [here, *here.parents, Path(__file__).resolve().parents[2]]:
+        if (d / "benchmarks" / "suites.yaml").is_file() and (d / "benchmarks" / "runner.py").is_file():
+            return d
+    return None
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import subprocess
+
+    root = _find_checkout()
+    if root is None:
+        raise FileNotFoundError("bioprop bench runs the suites of a source checkout (benchmarks/suites.yaml "
+                                "not found here or above): cd into the bioprop repository")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(root / "src"), str(root)] + (
+        [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    rest = list(args.bench_args)
+    passthrough = [a for a in rest if a != "--"]
+    cmd = [sys.executable, "-m", "benchmarks"] + ([args.suite] if args.suite else []) + passthrough
+    cmd += ["--list"] if args.list else []
+    cmd += ["--dry-run"] if args.dry_run else []
+    return subprocess.call(cmd, cwd=root, env=env)
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from .plot import MissingMatplotlib, plot_runs
+
+    try:
+        out = plot_runs(args.runs, out=args.out, prefix=args.prefix, title=args.title)
+    except MissingMatplotlib as e:
+        print(f"bioprop: {e}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
+
+
+def _add_bench_and_plot(sub) -> None:
+    b = sub.add_parser("bench", help="run a benchmark suite of benchmarks/suites.yaml (source checkout)",
+                       description="Run a named benchmark suite (python -m benchmarks SUITE); other options "
+                                   "(--data-dir, --out, --budget, --only, --toy) are passed on.")
+    b.add_argument("suite", nargs="?", help="suite name (none: list the suites)")
+    b.add_argument("--list", action="store_true", help="list the suite's entries and which are done")
+    b.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
+    b.add_argument("bench_args", nargs=argparse.REMAINDER, help="more options for python -m benchmarks")
+    b.set_defaults(fn=_cmd_bench)
+
+    pl = sub.add_parser("plot", help="plot runs' metrics.jsonl (loss, accuracy, rates, solver, angles) as a PNG")
+    pl.add_argument("runs", nargs="+", help="run directories (or folders of runs)")
+    pl.add_argument("--out", "-o", default="metrics.png", help="PNG file (default metrics.png)")
+    pl.add_argument("--prefix", help="plot every column starting with this instead (e.g. train/align/)")
+    pl.add_argument("--title", help="figure title (say the data, device and schedule)")
+    pl.set_defaults(fn=_cmd_plot)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bioprop", description="Train networks with credit-assignment rules "
                                 "other than exact backprop, spiking and not.")
@@ -206,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--verbose", "-v", action="store_true", help="with config fields and defaults")
     ls.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     ls.set_defaults(fn=_cmd_list)
+
+    _add_bench_and_plot(sub)
     return p
 
 

@@ -90,6 +90,8 @@ class TrainConfig:
     device-side NaN/Inf flags of the input, loss, gradients and weights every this many steps (and
     at every epoch end and before every checkpoint); a non-finite value stops the run naming the
     step and the tensor (:mod:`bioprop.nonfinite`); 0 turns the checks off.
+    ``tensorboard``: also write each epoch's metrics as TensorBoard scalars into
+    ``RUN_DIR/tensorboard`` (the ``tensorboard`` extra).
     """
 
     epochs: int = 10
@@ -109,6 +111,8 @@ class TrainConfig:
 
     #: under torchrun: synchronise BatchNorm layers across processes (nn.SyncBatchNorm; CUDA only)
     sync_bn: bool = False
+
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         _at_least("train.epochs", self.epochs, 1, "to train nothing, do not run it; to evaluate, use bioprop eval")

@@ -513,6 +513,7 @@ class Trainer:
         c = self.config
         self.log(self.describe())
         has_val = self.dataset.val_x is not None if hasattr(self.dataset, "val_x") else False
+        tb = _tensorboard_writer(self.run_dir) if c.train.tensorboard and dist_.is_main() else None
         while self.epoch < c.train.epochs:
             row: Dict[str, Any] = {"epoch": self.epoch + 1, "step": self.global_step}
             row["lr"] = self.optimizer.param_groups[0]["lr"]
@@ -531,6 +532,8 @@ class Trainer:
             self.history.append(row)
             if dist_.is_main():  # distributed: rank 0 alone writes
                 self._write_metrics(row)
+                if tb is not None:
+                    _tensorboard_scalars(tb, row)
             self.log(self._summary(row))
             if last or self.epoch % max(1, c.train.checkpoint_every) == 0:
                 state = self._state()  # collective under torchrun (every rank's generator state)
@@ -538,6 +541,8 @@ class Trainer:
                     save_checkpoint(self.run_dir / "checkpoints", self.epoch, self.model, state,
                                     keep=c.train.keep_checkpoints)
                 dist_.barrier()
+        if tb is not None:
+            tb.close()
         final = dict(self.history[-1]) if self.history else {}
         final["run_dir"] = str(self.run_dir)
         return final
@@ -579,6 +584,29 @@ class Trainer:
             for r in self.history:
                 w.writerow(r)
         os.replace(tmp, self.run_dir / "metrics.csv")
+
+
+# -- TensorBoard (train.tensorboard: true) ----------------------------------------------------------
+def _tensorboard_writer(run_dir: Path):
+    """A ``SummaryWriter`` on ``run_dir/tensorboard``; a one-line error when tensorboard is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError('train.tensorboard=true needs the tensorboard package: pip install "bioprop[tensorboard]" '
+                          "(or set train.tensorboard=false)") from None
+    return SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+
+
+def _tensorboard_scalars(writer, row: Dict[str, Any]) -> None:
+    """One epoch's metrics as scalars at step = epoch: ``train_loss`` -> ``loss/train``,
+    ``test_acc`` -> ``acc/test``; names with a ``/`` (``train/solver/iters``) as they are."""
+    for k, v in row.items():
+        if k in ("epoch", "step") or isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        split, _, metric = k.partition("_")
+        tag = f"{metric}/{split}" if "/" not in k and split in ("train", "val", "test") and metric else k
+        writer.add_scalar(tag, v, global_step=row["epoch"])
+    writer.flush()
 
 
 def _yaml(d: Dict[str, Any]) -> str:
