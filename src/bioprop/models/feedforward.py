@@ -210,7 +210,7 @@ class SpikingFeedforwardNet(nn.Module):
         flat = s.flatten(0, 1)
         for m in mods:
             if rec is not None and isinstance(m, (nn.Linear, nn.Conv2d)):
-                rec.synops[name] = synaptic_operations(m, (flat != 0).to(flat.dtype))
+                rec.synops[name] = synaptic_operations(m, _active_inputs(flat, t))
             if isinstance(m, nn.Dropout):
                 if m.training and m.p > 0:
                     mask = torch.empty((b,) + flat.shape[1:], device=s.device, dtype=s.dtype).bernoulli_(1 - m.p)
@@ -230,7 +230,7 @@ class SpikingFeedforwardNet(nn.Module):
             c0 = self._apply_block(self.layers[0], x.unsqueeze(0))
             cur = c0.expand((T,) + c0.shape[1:])
         for i, name in enumerate(self.layer_names()):
-            s, _ = self._neurons(cur)
+            s = self._neurons(cur)[0]  # not the final state: it would stay alive through the next layer
             rec.add(name, s)
             if i + 1 < len(self.layers) - 1:
                 cur = self._apply_block(self.layers[i + 1], s, rec, f"layers.{i + 1}")
@@ -263,6 +263,13 @@ class SpikingFeedforwardNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.run(x)[0]
+
+
+def _active_inputs(flat: torch.Tensor, steps: int) -> torch.Tensor:
+    """The number of non-zero inputs per position of ``flat[T*B, C, ...]`` (summed over channels,
+    ``[T*B, 1, ...]``): what :func:`~bioprop.metrics.synaptic_operations` counts, computed one time
+    step at a time so that no ``[T, B, C, ...]`` temporary is allocated."""
+    return torch.cat([(c != 0).sum(1, keepdim=True, dtype=c.dtype) for c in flat.detach().chunk(steps)])
 
 
 _LINEAR = (nn.Linear, nn.Conv2d, nn.Flatten, nn.Dropout, nn.AvgPool2d, nn.Identity)

@@ -133,47 +133,52 @@ def _forward_step(r: Optional[torch.Tensor], current: torch.Tensor, v_out: torch
     return v_out * torch.rsub(s_out, 1)
 
 
-def _backward_step(g_in: torch.Tensor, g_s: torch.Tensor, v: torch.Tensor, s: torch.Tensor,
-                   g_r: Optional[torch.Tensor], leak: float, threshold: float, subtract: bool,
-                   detach_reset: bool) -> torch.Tensor:
-    """Reverse of one step. ``g_in`` holds the surrogate derivative ``sigma'(v - theta)`` on entry
-    and the gradient of the step's input current ``dL/dv`` on exit; ``g_s``: gradient of the
-    step's spikes from outside; ``g_r``: gradient of the state after reset (``None``: zero).
-    Returns the gradient of the previous state, ``leak * dL/dv``. Three elementwise passes:
+def _backward_step(v: torch.Tensor, g_s: torch.Tensor, g_r: Optional[torch.Tensor], leak: float, threshold: float,
+                   subtract: bool, detach_reset: bool, surrogate: str, alpha: float) -> torch.Tensor:
+    """Reverse of one step, overwriting the step's saved membrane ``v`` with ``dL/dv`` (the
+    gradient of the step's input current). ``g_s``: gradient of the step's spikes from outside;
+    ``g_r``: gradient of the state after reset (``None``: zero). Returns the gradient of the
+    previous state, ``leak * dL/dv``::
 
         dL/ds = g_s + dr/ds g_r            (dr/ds = -theta, or -v for reset to zero; 0 if detached)
-        dL/dv = sigma' dL/ds + dr/dv g_r   (dr/dv = 1, or 1 - s)
+        dL/dv = sigma'(v - theta) dL/ds + dr/dv g_r   (dr/dv = 1, or 1 - s)
     """
-    if g_r is None:
-        g_in.mul_(g_s)
+    direct: Optional[torch.Tensor] = None
+    if g_r is None or detach_reset:
+        g_tot = g_s
+    elif subtract:
+        g_tot = torch.sub(g_s, g_r, alpha=threshold)
     else:
-        if detach_reset:
-            g_tot = g_s
-        elif subtract:
-            g_tot = torch.sub(g_s, g_r, alpha=threshold)
-        else:
-            g_tot = torch.addcmul(g_s, v, g_r, value=-1.0)
-        g_in.mul_(g_tot)
-        if subtract:
-            g_in.add_(g_r)
-        else:
-            g_in.addcmul_(g_r, torch.rsub(s, 1))
-    return g_in * leak
+        g_tot = torch.addcmul(g_s, v, g_r, value=-1.0)
+    if g_r is not None:
+        direct = g_r if subtract else g_r * v.lt(threshold)  # v < theta: 1 - s
+    if surrogate == "none":
+        v.zero_()
+    else:
+        surrogate_derivative_(surrogate, v.sub_(threshold), alpha)
+    v.mul_(g_tot)
+    if direct is not None:
+        v.add_(direct)
+    return v * leak
 
 
 _COMPILED: dict = {}
 
 
 def _compiled_steps():
-    """``torch.compile``d forward and backward steps (one fused kernel each), built once."""
+    """``torch.compile``d forward and backward steps (one generated kernel each), built once."""
     if not _COMPILED:
+        from .surrogate import surrogate_derivative
+
         def fwd(r, current, leak: float, threshold: float, subtract: bool):
             v = current if r is None else leak * r + current
             s = (v >= threshold).to(v.dtype)
             r_new = v - threshold * s if subtract else v * (1 - s)
             return v, s, r_new
 
-        def bwd(sg, g_s, v, s, g_r, leak: float, threshold: float, subtract: bool, detach_reset: bool):
+        def bwd(v, g_s, g_r, leak: float, threshold: float, subtract: bool, detach_reset: bool, surrogate: str,
+                alpha: float):
+            sg = torch.zeros_like(v) if surrogate == "none" else surrogate_derivative(surrogate, v - threshold, alpha)
             if g_r is None:
                 g_v = sg * g_s
             else:
@@ -183,7 +188,7 @@ def _compiled_steps():
                     g_tot = g_s - threshold * g_r
                 else:
                     g_tot = g_s - v * g_r
-                g_v = sg * g_tot + (g_r if subtract else g_r * (1 - s))
+                g_v = sg * g_tot + (g_r if subtract else g_r * (v < threshold).to(v.dtype))
             return g_v, g_v * leak
 
         _COMPILED["fwd"] = torch.compile(fwd, dynamic=False)
@@ -193,16 +198,17 @@ def _compiled_steps():
 
 class _LIFMultistep(torch.autograd.Function):
     """``(currents[T, ...], state0) -> (spikes[T, ...], final state)`` of :func:`lif_multistep`,
-    with a hand-written backward that runs the steps in reverse: the forward keeps only the
-    membranes ``v[T, ...]`` (the spikes are ``[v >= theta]``), the backward computes the
-    surrogate derivative of all steps in one pass and then one short loop of elementwise
-    updates per step, writing each step's current gradient into one ``[T, ...]`` buffer."""
+    with a hand-written backward that runs the steps in reverse. The forward keeps only the
+    membranes ``v[T, ...]`` (the spikes are ``[v >= theta]``, the reset needs nothing else); the
+    backward overwrites them step by step with the gradient of the input currents and returns that
+    buffer, so a layer holds one ``[T, ...]`` tensor from forward to backward and allocates no other.
+    (A second backward through the same graph, ``retain_graph=True``, is therefore refused by
+    autograd's in-place check.)"""
 
     @staticmethod
     def forward(ctx, currents, state, threshold, leak, subtract, detach_reset, surrogate, alpha, compiled):  # type: ignore[override]
         ctx.set_materialize_grads(False)
-        dtype = currents.dtype
-        v_all = torch.empty(currents.shape, dtype=dtype, device=currents.device)
+        v_all = torch.empty(currents.shape, dtype=currents.dtype, device=currents.device)
         spikes = torch.empty_like(v_all)
         r = state
         if compiled:
@@ -214,33 +220,27 @@ class _LIFMultistep(torch.autograd.Function):
         else:
             for t, current in enumerate(currents.unbind(0)):
                 r = _forward_step(r, current, v_all[t], spikes[t], leak, threshold, subtract)
-        ctx.save_for_backward(v_all, spikes)
+        ctx.save_for_backward(v_all)
         ctx.consts = (threshold, leak, subtract, detach_reset, surrogate, alpha, compiled, state is not None)
         return spikes, r
 
     @staticmethod
     def backward(ctx, g_spikes, g_state):  # type: ignore[override]
-        v_all, spikes = ctx.saved_tensors
+        (v_all,) = ctx.saved_tensors
         threshold, leak, subtract, detach_reset, surrogate, alpha, compiled, has_state = ctx.consts
-        T = v_all.shape[0]
         if g_spikes is None:  # only the final state is used downstream
             g_spikes = torch.zeros_like(v_all)
-        if surrogate == "none":  # Heaviside: no gradient through the spikes, only through the membrane
-            g_in = torch.zeros_like(v_all)
-        else:  # sigma'(v - theta) of every step at once, in the buffer that returns the gradient
-            g_in = surrogate_derivative_(surrogate, torch.sub(v_all, threshold), alpha)
         g_r = g_state
         if compiled:
             bwd = _compiled_steps()[1]
-            for t in range(T - 1, -1, -1):
-                g_v, g_r = bwd(g_in[t], g_spikes[t], v_all[t], spikes[t], g_r, leak, threshold, subtract,
-                               detach_reset)
-                g_in[t].copy_(g_v)
+            for t in range(v_all.shape[0] - 1, -1, -1):
+                g_v, g_r = bwd(v_all[t], g_spikes[t], g_r, leak, threshold, subtract, detach_reset, surrogate, alpha)
+                v_all[t].copy_(g_v)
         else:
-            for t in range(T - 1, -1, -1):
-                g_r = _backward_step(g_in[t], g_spikes[t], v_all[t], spikes[t], g_r, leak, threshold, subtract,
-                                     detach_reset)
-        return g_in, (g_r if has_state else None), None, None, None, None, None, None, None
+            for t in range(v_all.shape[0] - 1, -1, -1):
+                g_r = _backward_step(v_all[t], g_spikes[t], g_r, leak, threshold, subtract, detach_reset, surrogate,
+                                     alpha)
+        return v_all, (g_r if has_state else None), None, None, None, None, None, None, None
 
 
 def lif_multistep_fused(
@@ -253,12 +253,12 @@ def lif_multistep_fused(
     """:func:`lif_multistep` as one autograd node (the fast path; same values, gradients equal to
     float rounding, tested).
 
-    Forward: 4 in-place kernels per step (charge, fire, reset) writing into preallocated
-    ``[T, ...]`` buffers, bitwise equal to the reference's spikes and state. Backward: the
-    surrogate derivative of every step in one vectorised pass, then a reverse loop of 3 to 4
-    elementwise kernels per step; memory: the membranes ``v[T, ...]`` and the spikes (which the
-    next layer keeps anyway). ``compiled=True`` runs each step through ``torch.compile`` (one
-    generated kernel per step forward and backward; the first call compiles).
+    Forward: 4 kernels per step (charge, fire, reset) writing into preallocated ``[T, ...]``
+    buffers, bitwise equal to the reference's spikes and state. Backward: a reverse loop of about
+    7 elementwise kernels per step (the surrogate derivative included), no autograd bookkeeping.
+    Memory: only the membranes ``v[T, ...]`` are kept for the backward, which overwrites them with
+    the returned gradient (no other ``[T, ...]`` buffer). ``compiled=True`` runs each step through
+    ``torch.compile`` (one generated kernel per step forward and backward; the first call compiles).
 
     ``spike`` must be a :func:`~bioprop.neurons.spike_fn` surrogate or :func:`heaviside`; any
     other callable (e.g. a :func:`~bioprop.neurons.relaxed` smooth step) falls back to the
