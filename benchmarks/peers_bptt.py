@@ -15,7 +15,7 @@ of the same synapses (conv, BN, pooling, linear layers, same weights) and the sa
 the neuron layers differ, each the library's own LIF run over the ``T`` steps layer by layer:
 
 - bioprop: the model itself (``lif_impl=fused``; ``bioprop-reference``: ``lif_impl=reference``,
-  the plain autograd loop).
+  the plain autograd loop; ``bioprop-compiled`` on request: ``lif_impl=compiled``).
 - SpikingJelly: ``LIFNode(tau=2, decay_input=False, v_reset=None, surrogate_function=ATan(2),
   step_mode='m')``: ``v = v - v/2 + x``, fire at ``v >= 1``, ``v -= s``: exactly our neuron.
 - snnTorch: ``Leaky(beta=0.5, threshold=1, spike_grad=atan(2), reset_mechanism='subtract',
@@ -75,6 +75,7 @@ from bioprop import create_model  # noqa: E402
 from bioprop.data import create_dataset  # noqa: E402
 
 LIBS = ("bioprop", "bioprop-reference", "snntorch", "spikingjelly", "norse")
+EXTRA_LIBS = ("bioprop-compiled",)  # on request: torch.compile'd LIF steps (minutes of compiling on a CPU)
 LEAK, THETA, ALPHA = 0.5, 1.0, 2.0
 
 
@@ -175,7 +176,7 @@ class PeerNet(nn.Module):
 
 def build(lib: str, T: int, channels: List[int], seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    impl = "reference" if lib == "bioprop-reference" else "fused"
+    impl = {"bioprop-reference": "reference", "bioprop-compiled": "compiled"}.get(lib, "fused")
     model = create_model("spiking_convnet", channels=channels, hidden=[256], time_steps=T, leak=LEAK,
                          threshold=THETA, reset="subtract", surrogate="atan", alpha=ALPHA, lif_impl=impl)
     return model if lib.startswith("bioprop") else PeerNet(model, lib)
@@ -280,9 +281,9 @@ def main() -> None:
     a = ap.parse_args()
     device = torch.device(a.device)
     libs = [l for l in a.libs.split(",") if l]
-    unknown = [l for l in libs if l not in LIBS]
+    unknown = [l for l in libs if l not in LIBS + EXTRA_LIBS]
     if unknown:
-        raise SystemExit(f"--libs: unknown {unknown}; choose from {list(LIBS)}")
+        raise SystemExit(f"--libs: unknown {unknown}; choose from {list(LIBS + EXTRA_LIBS)}")
     if "bioprop" not in libs:
         libs.insert(0, "bioprop")
     channels = [int(c) for c in a.channels.split(",")]
