@@ -71,11 +71,13 @@ from torch import nn  # noqa: E402
 
 from common import ROOT, environment, write_lines  # noqa: E402
 
-from bioprop import create_model  # noqa: E402
+from bioprop import create_model, create_rule  # noqa: E402
 from bioprop.data import create_dataset  # noqa: E402
 
 LIBS = ("bioprop", "bioprop-reference", "snntorch", "spikingjelly", "norse")
-EXTRA_LIBS = ("bioprop-compiled",)  # on request: torch.compile'd LIF steps (minutes of compiling on a CPU)
+# on request (default with --device cuda): torch.compile'd LIF steps (minutes of compiling on a CPU),
+# the bptt rule's CUDA-graph step (GPU only)
+EXTRA_LIBS = ("bioprop-compiled", "bioprop-graph")
 LEAK, THETA, ALPHA = 0.5, 1.0, 2.0
 
 
@@ -188,13 +190,16 @@ def batch(n: int, device: torch.device):
     return x[0][:n], x[1][:n]
 
 
-def check(libs: List[str], T: int, channels: List[int]) -> List[dict]:
-    """float64, same weights, one batch of 16: logits and gradients against bioprop's."""
-    x, y = batch(16, torch.device("cpu"))
+def check(libs: List[str], T: int, channels: List[int], device: torch.device) -> List[dict]:
+    """float64, same weights, one batch of 16: logits and gradients against bioprop's
+    (``bioprop-graph`` is the same network as ``bioprop``; its step is tested equal to the eager one
+    by tests/test_bptt_linear.py on a GPU)."""
+    x, y = batch(16, device)
     x = x.double()
     res = {}
+    libs = [l for l in libs if l != "bioprop-graph"]
     for lib in libs:
-        net = build(lib, T, channels).double().train()
+        net = build(lib, T, channels).to(device).double().train()
         logits = net(x)
         F.cross_entropy(logits, y).backward()
         grads = [p.grad.detach().clone() for p in net.layers.parameters()]
@@ -242,11 +247,19 @@ def timing(libs: List[str], T: int, channels: List[int], batch_size: int, repeat
     for lib in libs:
         net = build(lib, T, channels).to(device).train()
         opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        if lib == "bioprop-graph":
+            rule = create_rule("bptt", cuda_graph=True)
+            net = rule.prepare(net)
 
-        def step(net=net, opt=opt):
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(net(x), y).backward()
-            opt.step()
+            def step(net=net, opt=opt, rule=rule):
+                opt.zero_grad(set_to_none=True)
+                rule.step(net, x, y, F.cross_entropy)
+                opt.step()
+        else:
+            def step(net=net, opt=opt):
+                opt.zero_grad(set_to_none=True)
+                F.cross_entropy(net(x), y).backward()
+                opt.step()
 
         steps[lib] = step
     times: Dict[str, List[float]] = {lib: [] for lib in libs}
@@ -275,12 +288,24 @@ def main() -> None:
     ap.add_argument("--repeat-long", type=int, default=3, help="rounds at T >= 64 (default 3)")
     ap.add_argument("--channels", default="32,32")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--libs", default=",".join(LIBS))
+    ap.add_argument("--libs", default=None, help=f"default: {','.join(LIBS)} (+ {','.join(EXTRA_LIBS)} on CUDA)")
     ap.add_argument("--check-only", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "peers_bptt.jsonl"))
     a = ap.parse_args()
     device = torch.device(a.device)
+    if a.libs is None:
+        a.libs = ",".join(LIBS + (EXTRA_LIBS if device.type == "cuda" else ()))
     libs = [l for l in a.libs.split(",") if l]
+    missing = []
+    for l in [l for l in libs if l in PEERS]:
+        try:
+            PEERS[l]()
+        except ImportError as e:  # a peer not installed here: measure the others, say so
+            print(f"skipping {l}: {e} (pip install -e .[peers], see docs/methods/bptt.md)", flush=True)
+            missing.append(l)
+    libs = [l for l in libs if l not in missing]
+    if "bioprop-graph" in libs and device.type != "cuda":
+        raise SystemExit("--libs: bioprop-graph needs --device cuda")
     unknown = [l for l in libs if l not in LIBS + EXTRA_LIBS]
     if unknown:
         raise SystemExit(f"--libs: unknown {unknown}; choose from {list(LIBS + EXTRA_LIBS)}")
@@ -289,9 +314,10 @@ def main() -> None:
     channels = [int(c) for c in a.channels.split(",")]
     env = environment(device)
     env.update({"versions": versions(), "threads": torch.get_num_threads(), "batch": a.batch, "channels": channels,
-                "malloc_mmap_threshold": os.environ.get(MMAP_ENV), "load_avg_1min": os.getloadavg()[0]})
+                "malloc_mmap_threshold": os.environ.get(MMAP_ENV), "load_avg_1min": os.getloadavg()[0],
+                "peers_missing": missing})
     for T in [int(t) for t in a.T.split(",")]:
-        rows = [dict(env, bench="peers_bptt", kind="check", **r) for r in check(libs, T, channels)]
+        rows = [dict(env, bench="peers_bptt", kind="check", **r) for r in check(libs, T, channels, device)]
         for r in rows:
             print(f"check T={T} {r['lib']}: max |dlogit| {r['max_abs_logit_diff']:.2e}, "
                   f"max rel dgrad {r['max_rel_grad_diff']:.2e}, min cos {r['min_grad_cosine']:.6f}", flush=True)

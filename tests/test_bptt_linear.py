@@ -242,7 +242,7 @@ def test_compiled_lif_steps_equal_eager(reset):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 def test_bptt_cuda_graph_step_equals_eager_step():
     """float64 (no TF32): the graphed and eager bptt steps agree to rounding over several Adam
-    steps and two batch shapes (BatchNorm's running statistics and dropout included)."""
+    steps and two batch shapes (BatchNorm in training mode, its running statistics compared too)."""
     results = []
     for graph in (False, True):
         torch.manual_seed(0)
