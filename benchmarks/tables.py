@@ -303,6 +303,65 @@ def distributed_table() -> str:
             f"torch {r['torch']}, commit {r['commit']}. {r.get('note', '')}\n")
 
 
+PEER_LABELS = {"bioprop": "bioprop `bptt` (fused)", "bioprop-reference": "bioprop (reference loop)",
+               "bioprop-compiled": "bioprop (compiled steps)", "bioprop-graph": "bioprop (CUDA graph)",
+               "snntorch": "snnTorch", "spikingjelly": "SpikingJelly", "norse": "Norse"}
+
+
+def peers_bptt_table(name: str = "peers_bptt.jsonl") -> str:
+    """Step time and peak memory of one BPTT training step, bioprop against snnTorch, SpikingJelly
+    and Norse (newest run per device), with the same-function check."""
+    rows = _lines(name)
+    if not rows:
+        return "_No results in benchmarks/results/peers_bptt.jsonl yet (`benchmarks/peers_bptt.py` measures them)._\n"
+    out = []
+    for device in dict.fromkeys(r["device"] for r in rows):
+        dev_rows = _newest_commit([r for r in rows if r["device"] == device])
+        timing = [r for r in dev_rows if r["kind"] == "timing"]
+        checks = [r for r in dev_rows if r["kind"] == "check"]
+        libs = list(dict.fromkeys(r["lib"] for r in dev_rows))
+        v = dev_rows[0]["versions"]
+        ver = {"bioprop": f"commit {dev_rows[0]['commit']}", "snntorch": v.get("snntorch"),
+               "spikingjelly": v.get("spikingjelly"), "norse": v.get("norse")}
+        head = [f"{PEER_LABELS.get(l, l)}" + (f" {ver[l]}" if l in ver and l != "bioprop" and ver[l] else "")
+                for l in libs]
+        if timing:
+            out += [f"| T | " + " | ".join(head) + " |", "| --- | " + " | ".join("---" for _ in libs) + " |"]
+            for T in sorted(dict.fromkeys(r["T"] for r in timing)):
+                base = next((r for r in timing if r["T"] == T and r["lib"] == "bioprop"), None)
+                cells = []
+                for l in libs:
+                    r = next((r for r in timing if r["T"] == T and r["lib"] == l), None)
+                    if r is None:
+                        cells.append("-")
+                        continue
+                    ratio = "" if base is None or l == "bioprop" else f" ({r['median_ms'] / base['median_ms']:.2f}x)"
+                    cells.append(f"{r['median_ms']:,.0f} ms{ratio}, {r['peak_mib']:,.0f} MiB")
+                out.append(f"| {T} | " + " | ".join(cells) + " |")
+            r = timing[0]
+            out.append(f"\nOne training step (forward, cross-entropy, backward, Adam), batch {r['batch']}, fp32, "
+                       f"`spiking_convnet` channels {r['channels']}, embedded MNIST batch; median of {r['repeat']} "
+                       f"rounds (fewer at T >= 64, see `repeat` in the JSON lines), libraries interleaved in one "
+                       f"process; (x) = time / bioprop's. Peak MiB: growth of peak RSS during the step (CPU) or "
+                       f"of `max_memory_allocated` (CUDA). {device}, {r['threads']} thread(s), torch {r['torch']}, "
+                       f"commit {r['commit']}, 1-min load average {r['load_avg_1min']:.1f} at the end"
+                       + (" (a shared, loaded machine: re-measure before relying on the ratios)" if "cpu" in device else "")
+                       + ".\n")
+        if checks:
+            out += ["", "| T | " + " | ".join(f"{PEER_LABELS.get(l, l)}: max abs logit diff / max rel grad diff" for l in libs) + " |",
+                    "| --- | " + " | ".join("---" for _ in libs) + " |"]
+            for T in sorted(dict.fromkeys(r["T"] for r in checks)):
+                cells = []
+                for l in libs:
+                    r = next((r for r in checks if r["T"] == T and r["lib"] == l), None)
+                    cells.append("-" if r is None else f"{r['max_abs_logit_diff']:.1e} / {r['max_rel_grad_diff']:.1e}")
+                out.append(f"| {T} | " + " | ".join(cells) + " |")
+            out.append("\nSame weights, one batch of 16 in float64, differences to bioprop `bptt`. SpikingJelly computes "
+                       "the same function; Norse the same forward but its closest surrogate (SuperSpike) in place of "
+                       "atan; snnTorch cannot express the leak acting after the reset (see docs/methods/bptt.md).\n")
+    return "\n".join(out) + "\n"
+
+
 def results_markdown() -> str:
     return ("**Training runs** (`benchmarks/results/train.jsonl`, from `benchmarks/train_bench.py`)\n\n"
             + train_table() + "\n**Ablation: spectral norm of the F64C5 feedback convolution** "
@@ -332,7 +391,10 @@ def results_markdown() -> str:
             "from `benchmarks/pc_speed.py`)\n\n" + pc_speed_table()
             + "\n**Data-parallel training under torchrun: images/s for 1 and 2 processes** "
             "(`benchmarks/results/distributed.jsonl`, from `benchmarks/distributed_throughput.py`; CPU, gloo; "
-            "no multi-GPU machine has been available yet)\n\n" + distributed_table())
+            "no multi-GPU machine has been available yet)\n\n" + distributed_table()
+            + "\n**Surrogate-gradient BPTT against snnTorch, SpikingJelly and Norse: time and peak memory of one "
+            "training step** (`benchmarks/results/peers_bptt.jsonl`, from `benchmarks/peers_bptt.py`)\n\n"
+            + peers_bptt_table())
 
 
 if __name__ == "__main__":

@@ -230,8 +230,8 @@ class FeedbackSNN(nn.Module):
         """Time average (IF) or leak-weighted average (LIF) of a spike input ``x[T, B, ...]``:
         ``sum_t leak^(T-1-t) x[t] / sum_k leak^k``, the input's counterpart of the rate."""
         acc = rate_init(x[0])
-        for t in range(x.shape[0]):
-            acc = rate_update(acc, x[t], self.neuron.leak)
+        for xt in x.unbind(0):
+            acc = rate_update(acc, xt, self.neuron.leak)
         return rate_value(acc)
 
     def begin(self, x: torch.Tensor, masks: Optional[Dict[str, torch.Tensor]] = None) -> EquilibriumState:
@@ -327,8 +327,9 @@ class FeedbackSNN(nn.Module):
             layers = [fast.conv_bn(conv, bn, masks.get(f"l{i + 1}"),
                                    reference=lambda s, i=i: self.layer_current(i, s, st, True))
                       for i, (conv, bn) in enumerate(zip(self.convs, self.bns))]
+        steps = st.drive_seq.unbind(0) if st.drive_seq is not None else None  # no per-step index: linear in T
         for t in range(T):
-            cur = drive if st.drive_seq is None else st.drive_seq[t]
+            cur = drive if steps is None else steps[t]
             if pops[-1].s is not None:
                 cur = cur + feedback(pops[-1].s)
             for l in range(n):

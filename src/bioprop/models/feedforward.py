@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..metrics import synaptic_operations
-from ..neurons import NeuronParams, lif_multistep, spike_fn
+from ..neurons import LIF_IMPLS, NeuronParams, lif_multistep, lif_multistep_fused, spike_fn
 from .base import MODELS, Edge, SpikeRecord, check_input, conv_out, neuron_from
 
 __all__ = ["FeedforwardNet", "SpikingFeedforwardNet", "MLPConfig", "ConvNetConfig",
@@ -48,6 +48,9 @@ class SpikingMLPConfig(MLPConfig):
     detach_reset: bool = False
     surrogate: str = "atan"
     alpha: Optional[float] = None
+    # how the neurons are simulated: ``fused`` (one autograd node per layer, hand-written reverse
+    # loop), ``reference`` (plain autograd through every step), ``compiled`` (fused, torch.compile'd steps)
+    lif_impl: Literal["fused", "reference", "compiled"] = "fused"
 
 
 @dataclass
@@ -72,6 +75,9 @@ class SpikingConvNetConfig(ConvNetConfig):
     detach_reset: bool = False
     surrogate: str = "atan"
     alpha: Optional[float] = None
+    # how the neurons are simulated: ``fused`` (one autograd node per layer, hand-written reverse
+    # loop), ``reference`` (plain autograd through every step), ``compiled`` (fused, torch.compile'd steps)
+    lif_impl: Literal["fused", "reference", "compiled"] = "fused"
 
 
 def _mlp_blocks(c: MLPConfig) -> List[nn.Module]:
@@ -157,16 +163,27 @@ class SpikingFeedforwardNet(nn.Module):
     Input: static ``[B, *in_shape]`` (direct encoding: the same current every step) or a spike
     train ``[T, B, *in_shape]``. Output: logits ``[B, classes]`` = time average of the readout.
     Dropout, where configured, uses one mask for all time steps.
+
+    ``lif_impl`` chooses how each neuron layer's ``T`` steps are simulated and differentiated:
+    ``fused`` (default, :func:`~bioprop.neurons.lif_multistep_fused`), ``reference`` (the plain
+    autograd loop :func:`~bioprop.neurons.lif_multistep`) or ``compiled`` (fused with
+    ``torch.compile``d steps). All three compute the same spikes; gradients agree to float rounding.
+    A spike function other than a :func:`~bioprop.neurons.spike_fn` surrogate (e.g. a
+    :func:`~bioprop.neurons.relaxed` step) always takes the reference loop.
     """
 
     in_shape: Tuple[int, ...]
     time_steps: int
 
     def __init__(self, blocks: Sequence[nn.Module], in_shape: Tuple[int, ...], time_steps: int,
-                 neuron: NeuronParams, surrogate: str = "atan", alpha: Optional[float] = None):
+                 neuron: NeuronParams, surrogate: str = "atan", alpha: Optional[float] = None,
+                 lif_impl: str = "fused"):
         super().__init__()
         if time_steps < 1:
             raise ValueError(f"time_steps must be >= 1, got {time_steps}")
+        if lif_impl not in LIF_IMPLS:
+            raise ValueError(f"lif_impl must be one of {list(LIF_IMPLS)}, got {lif_impl!r}")
+        self.lif_impl = lif_impl
         self.in_shape = tuple(in_shape)
         self.layers = nn.ModuleList(blocks)
         self.time_steps = int(time_steps)
@@ -193,7 +210,7 @@ class SpikingFeedforwardNet(nn.Module):
         flat = s.flatten(0, 1)
         for m in mods:
             if rec is not None and isinstance(m, (nn.Linear, nn.Conv2d)):
-                rec.synops[name] = synaptic_operations(m, (flat != 0).to(flat.dtype))
+                rec.synops[name] = synaptic_operations(m, _active_inputs(flat, t))
             if isinstance(m, nn.Dropout):
                 if m.training and m.p > 0:
                     mask = torch.empty((b,) + flat.shape[1:], device=s.device, dtype=s.dtype).bernoulli_(1 - m.p)
@@ -213,7 +230,7 @@ class SpikingFeedforwardNet(nn.Module):
             c0 = self._apply_block(self.layers[0], x.unsqueeze(0))
             cur = c0.expand((T,) + c0.shape[1:])
         for i, name in enumerate(self.layer_names()):
-            s, _ = lif_multistep(cur, self.neuron, self.spike)
+            s = self._neurons(cur)[0]  # not the final state: it would stay alive through the next layer
             rec.add(name, s)
             if i + 1 < len(self.layers) - 1:
                 cur = self._apply_block(self.layers[i + 1], s, rec, f"layers.{i + 1}")
@@ -226,6 +243,12 @@ class SpikingFeedforwardNet(nn.Module):
                 return self._apply_block(head, s, rec, f"layers.{len(self.layers) - 1}").mean(0), rec
         # no hidden layer: the readout integrates the input directly
         return cur.mean(0), rec
+
+    def _neurons(self, cur: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One neuron layer over all steps of ``cur[T, B, ...]``: ``(spikes, final state)``."""
+        if self.lif_impl == "reference":
+            return lif_multistep(cur, self.neuron, self.spike)
+        return lif_multistep_fused(cur, self.neuron, self.spike, compiled=self.lif_impl == "compiled")
 
     def _count_head(self, head: nn.Module, s: torch.Tensor, rec: SpikeRecord) -> None:
         """SynOps of a linear readout applied to the average rate (not simulated per step)."""
@@ -242,6 +265,13 @@ class SpikingFeedforwardNet(nn.Module):
         return self.run(x)[0]
 
 
+def _active_inputs(flat: torch.Tensor, steps: int) -> torch.Tensor:
+    """The number of non-zero inputs per position of ``flat[T*B, C, ...]`` (summed over channels,
+    ``[T*B, 1, ...]``): what :func:`~bioprop.metrics.synaptic_operations` counts, computed one time
+    step at a time so that no ``[T, B, C, ...]`` temporary is allocated."""
+    return torch.cat([(c != 0).sum(1, keepdim=True, dtype=c.dtype) for c in flat.detach().chunk(steps)])
+
+
 _LINEAR = (nn.Linear, nn.Conv2d, nn.Flatten, nn.Dropout, nn.AvgPool2d, nn.Identity)
 
 
@@ -253,7 +283,7 @@ def _is_linear(block: nn.Module) -> bool:
 def _spiking(blocks: List[nn.Module], c) -> SpikingFeedforwardNet:
     return SpikingFeedforwardNet(
         blocks, c.in_shape, c.time_steps, neuron_from(c.neuron, c.threshold, c.leak, c.reset, c.detach_reset),
-        c.surrogate, c.alpha,
+        c.surrogate, c.alpha, c.lif_impl,
     )
 
 

@@ -9,7 +9,9 @@ from .lif import (
     RatePopulation,
     RateState,
     if_step,
+    LIF_IMPLS,
     lif_multistep,
+    lif_multistep_fused,
     lif_step,
     rate_init,
     rate_update,
@@ -17,7 +19,7 @@ from .lif import (
 )
 from .fastsim import SimOptions
 from .psp import Neuron, TSSLState, TSSLTrace, lif_psp_multistep, lif_psp_step, psp_filter, psp_kernel, strict_heaviside
-from .surrogate import SURROGATES, heaviside, relaxed, spike_fn, surrogate_derivative
+from .surrogate import SURROGATES, heaviside, relaxed, spike_fn, surrogate_derivative, surrogate_derivative_, surrogate_of
 
 __all__ = [
     "FusedRatePopulation",
@@ -27,6 +29,8 @@ __all__ = [
     "if_step",
     "lif_step",
     "lif_multistep",
+    "lif_multistep_fused",
+    "LIF_IMPLS",
     "rate_init",
     "rate_update",
     "rate_value",
@@ -44,4 +48,6 @@ __all__ = [
     "relaxed",
     "spike_fn",
     "surrogate_derivative",
+    "surrogate_derivative_",
+    "surrogate_of",
 ]

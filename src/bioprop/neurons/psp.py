@@ -81,11 +81,14 @@ def lif_psp_step(current: torch.Tensor, state: Optional[TSSLState], tau_m: float
 
 def lif_psp_multistep(current: torch.Tensor, tau_m: float, tau_s: float, threshold: float = 1.0,
                       spike: SpikeFn = strict_heaviside) -> TSSLTrace:
-    """Run :func:`lif_psp_step` over ``current[T, ...]``; return the stacked :class:`TSSLTrace`."""
+    """Run :func:`lif_psp_step` over ``current[T, ...]``; return the stacked :class:`TSSLTrace`.
+
+    Iterates over ``current.unbind(0)`` (linear in ``T`` under autograd: indexing ``current[t]``
+    would make each step's backward fill a zero tensor of all ``T`` steps)."""
     us, dus, ss, as_ = [], [], [], []
     state: Optional[TSSLState] = None
-    for t in range(current.shape[0]):
-        s, u, du, state = lif_psp_step(current[t], state, tau_m, tau_s, threshold, spike)
+    for cur in current.unbind(0):
+        s, u, du, state = lif_psp_step(cur, state, tau_m, tau_s, threshold, spike)
         us.append(u)
         dus.append(du)
         ss.append(s)

@@ -23,7 +23,8 @@ from typing import Callable, Dict, Tuple
 
 import torch
 
-__all__ = ["heaviside", "spike_fn", "relaxed", "SURROGATES", "surrogate_derivative"]
+__all__ = ["heaviside", "spike_fn", "relaxed", "SURROGATES", "surrogate_derivative", "surrogate_derivative_",
+           "surrogate_of"]
 
 
 def heaviside(x: torch.Tensor) -> torch.Tensor:
@@ -57,6 +58,35 @@ SURROGATES: Dict[str, Tuple[Callable[[torch.Tensor, float], Tuple[torch.Tensor, 
 def surrogate_derivative(name: str, x: torch.Tensor, alpha: float) -> torch.Tensor:
     """sigma_alpha'(x) of surrogate ``name``."""
     return SURROGATES[name][0](x, alpha)[1]
+
+
+def surrogate_derivative_(name: str, x: torch.Tensor, alpha: float) -> torch.Tensor:
+    """sigma_alpha'(x) of surrogate ``name`` written over ``x`` in place (returns ``x``): the
+    same function as :func:`surrogate_derivative` in fewer passes over memory (``atan``: two,
+    ``1 + c^2 x x`` then ``(alpha/2) / .``), so equal to it up to float rounding."""
+    if name == "atan":
+        c = (math.pi / 2) * alpha
+        one = torch.ones((), dtype=x.dtype, device=x.device)
+        torch.addcmul(one, x, x, value=c * c, out=x)
+        return torch.div(one * (alpha / 2), x, out=x)
+    if name == "fast_sigmoid":
+        x.abs_().mul_(alpha).add_(1)
+        x.mul_(x)
+        return x.reciprocal_().mul_(alpha / 2)
+    if name == "sigmoid":
+        x.mul_(alpha).sigmoid_()
+        one_minus = torch.rsub(x, 1)
+        return x.mul_(alpha).mul_(one_minus)
+    raise ValueError(f"unknown surrogate {name!r}; choose one of {sorted(SURROGATES)}")
+
+
+def surrogate_of(spike: Callable[[torch.Tensor], torch.Tensor]):
+    """``(name, alpha)`` of a spike function made by :func:`spike_fn`, ``("none", 0.0)`` for
+    :func:`heaviside` (no gradient through the spike), ``None`` for any other callable (e.g. a
+    :func:`relaxed` step): fused neuron kernels use it to know which derivative to apply."""
+    if spike is heaviside:
+        return ("none", 0.0)
+    return getattr(spike, "surrogate", None)
 
 
 def _make_function(name: str) -> type:
@@ -96,6 +126,7 @@ def spike_fn(name: str = "atan", alpha: float | None = None) -> Callable[[torch.
         return f.apply(x, a)
 
     spike.__name__ = f"spike_{name}"
+    spike.surrogate = (name, a)  # type: ignore[attr-defined]  (read by surrogate_of)
     return spike
 
 
