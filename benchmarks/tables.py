@@ -307,6 +307,15 @@ def ekdaa_table() -> str:
         for r in speed:
             out.append(f"| `{r['model']}` | {r['batch']} | {r['ekdaa_median_ms']:.1f} | {r['bp_median_ms']:.1f} "
                        f"| {r['ratio_ekdaa_to_bp']:.2f} | {r['device']} | {r.get('threads', '-')} | {r.get('commit') or '-'} |")
+    ang = _newest_commit(_lines("ekdaa_angles.jsonl"))
+    if ang:
+        out += ["", "| angle to BP at init (degrees, layer 1 .. L) | E init | pool target | beta | dtype | angles | commit |",
+                "| --- | --- | --- | --- | --- | --- | --- |"]
+        for r in ang:
+            data = "CIFAR-10 (JPEG q75 copy)" if r["data"] == "cifar10" else r["data"]
+            pool = r["pool_target"] if r["model"] == "ekdaa_cnn" else "-"
+            out.append(f"| {data}, `{r['model']}` | {r['e_init']} | {pool} | {r['beta']:g} | {r.get('dtype', 'float32')} "
+                       f"| {' / '.join(f'{a:.1f}' for a in r['angle_deg'])} | {r.get('commit') or '-'} |")
     fid = _newest_commit(_lines("ekdaa_fidelity.jsonl"))
     if fid:
         out += ["", "| fidelity case (vs tzee/EKDAA-Release, TF) | steps | max rel. error over targets, errors, "
