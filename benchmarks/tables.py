@@ -282,8 +282,9 @@ def ekdaa_table() -> str:
         out += ["| data | network | phi | rule | E init | schedule | seed | test acc % (final epoch) | vs BP (points) "
                 "| device | commit |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
 
-        def key(r):
-            return (r["data"], r["model"]["name"], r["model"].get("activation", "tanh"), r["seed"])
+        def key(r):  # BP of the same network, activation, seed and schedule
+            return (r["data"], r["model"]["name"], r["model"].get("activation", "tanh"), r["seed"], r["epochs"],
+                    r.get("train_size"))
         bp = {key(r): r["test_acc"] for r in rows if r["rule"]["name"] == "bp"}
         order = {"bp": 0, "fa": 1, "ekdaa": 2}
         for r in sorted(rows, key=lambda r: (key(r), order.get(r["rule"]["name"], 3), r["rule"].get("e_init", ""))):

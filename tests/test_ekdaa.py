@@ -214,7 +214,7 @@ def test_random_e_init_is_independent_and_checkpointed():
     plan = ekdaa_plan(m)
     E = plan.layers[1].weight_e
     assert E.shape == plan.layers[1].weight.t().shape
-    cos = F.cosine_similarity(E.detach().flatten(), plan.layers[1].weight.t().flatten(), dim=0)
+    cos = F.cosine_similarity(E.detach().flatten(), plan.layers[1].weight.detach().t().flatten(), dim=0)
     assert abs(float(cos)) < 0.3
     sd = m.state_dict()
     assert any(k.endswith("weight_e") for k in sd)
