@@ -233,10 +233,12 @@ def _phi(post: List[nn.Module], override: Optional[str]):
 def ekdaa_errors(plan: EKDAAPlan, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, beta: float = 0.9,
                  gamma: float = 0.1, pool_target: str = "upsample", conv_kernel: str = "adjoint",
                  conv_normalize: bool = False, target_activation: Optional[str] = None,
-                 update_top_kernel: bool = True, kernels: Optional[List[Optional[torch.Tensor]]] = None
-                 ) -> EKDAAResult:
-    """Forward pass, targets, errors and batch-summed updates of one batch (module docstring).
-    ``kernels[l]``: ``E_l`` (default: each layer's ``weight_e``; ``None`` for the first layer).
+                 update_top_kernel: bool = True, kernels: Optional[List[Optional[torch.Tensor]]] = None,
+                 update_scale: float = 1.0) -> EKDAAResult:
+    """Forward pass, targets, errors and batch-summed updates of one batch (module docstring),
+    the updates multiplied by ``update_scale`` (``1 / B``: batch means; folded into the errors
+    before the products, so it costs nothing). ``kernels[l]``: ``E_l`` (default: each layer's
+    ``weight_e``; ``None`` for the first layer).
     ``loss_fn`` must be a batch mean: ``e_L = B dL/dh_L`` (softmax - onehot for cross-entropy)."""
     L = len(plan.layers)
     if kernels is None:
@@ -277,9 +279,15 @@ def ekdaa_errors(plan: EKDAAPlan, x: torch.Tensor, y: torch.Tensor, loss_fn: Los
     for l in range(L - 1, -1, -1):
         layer = plan.layers[l]
         e = errors[l]
-        dW[l], db[l] = local_update(layer, inputs[l], e, conv_normalize)
+        if update_scale != 1.0 and not (conv_normalize and isinstance(layer, nn.Conv2d)):
+            dW[l], db[l] = local_update(layer, inputs[l], e * update_scale, conv_normalize)
+        else:  # the release's max-normalisation acts on the batch sum
+            dW[l], db[l] = local_update(layer, inputs[l], e, conv_normalize)
+            if update_scale != 1.0:
+                dW[l] = dW[l] * update_scale
+                db[l] = db[l] * update_scale if db[l] is not None else None
         if l > 0 and (l < L - 1 or update_top_kernel):
-            dE[l] = gamma * dW[l].transpose(0, 1)
+            dE[l] = (gamma * dW[l].transpose(0, 1)).contiguous()
         if l == 0:
             break
         E = kernels[l]
@@ -378,25 +386,25 @@ class EKDAA(Rule):
     def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, scaler=None) -> StepOutput:
         c = self.config
         plan = self.plan(model)
-        r = ekdaa_errors(plan, x, y, loss_fn, c.beta, c.gamma, c.pool_target, c.conv_kernel, c.conv_normalize,
-                         c.target_activation, c.update_top_kernel)
         scale = (1.0 / x.shape[0]) if c.reduction == "mean" else 1.0
         if scaler is not None:
             scale = scale * float(scaler.get_scale())
+        r = ekdaa_errors(plan, x, y, loss_fn, c.beta, c.gamma, c.pool_target, c.conv_kernel, c.conv_normalize,
+                         c.target_activation, c.update_top_kernel, update_scale=scale)
         for l, layer in enumerate(plan.layers):
             for p, g in ((layer.weight, r.dW[l]), (layer.bias, r.db[l]), (getattr(layer, "weight_e", None), r.dE[l])):
                 if p is None or g is None or not p.requires_grad:
                     continue
-                g = (g * scale).to(p.dtype)
+                g = g.to(p.dtype)
                 p.grad = g if p.grad is None else p.grad + g
         stats: Dict[str, Any] = {f"ekdaa/err_norm/{l + 1}": e.detach().norm() for l, e in enumerate(r.errors)}
         self.steps += 1
         if c.compare_every and self.steps % c.compare_every == 0:
-            stats.update(self.compare(model, x, y, loss_fn, r))
+            stats.update(self.compare(model, x, y, loss_fn, r, float(scaler.get_scale()) if scaler is not None else 1.0))
         return StepOutput(r.loss, r.logits, stats)
 
     def compare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
-                r: EKDAAResult) -> Dict[str, torch.Tensor]:
+                r: EKDAAResult, loss_scale: float = 1.0) -> Dict[str, torch.Tensor]:
         """Per weight layer: angle (degrees) and norm ratio of the update against BP's gradient on
         the same batch, and of ``E`` against ``W^T``. Uses no RNG and changes no state or ``.grad``."""
         plan = self.plan(model)
@@ -404,12 +412,11 @@ class EKDAA(Rule):
         with torch.enable_grad():
             loss = loss_fn(self.forward(model, x), y)
             bp = torch.autograd.grad(loss, weights, allow_unused=True)
-        scale = (1.0 / x.shape[0]) if self.config.reduction == "mean" else 1.0
         stats: Dict[str, torch.Tensor] = {}
         for l, (layer, g) in enumerate(zip(plan.layers, bp)):
             if g is None:
                 continue
-            ours = r.dW[l] * scale
+            ours = r.dW[l] / loss_scale if loss_scale != 1.0 else r.dW[l]
             stats[f"ekdaa/angle/{l + 1}"] = angle_degrees_tensor(ours, g)
             stats[f"ekdaa/norm_ratio/{l + 1}"] = ours.norm() / g.norm().clamp_min(1e-30)
             E = getattr(layer, "weight_e", None)
