@@ -255,3 +255,7 @@ def test_trainer_runs_ekdaa_and_resumes(tmp_path):
     row = t.fit()
     assert "train/ekdaa/angle/2" in t.history[-1]
     assert row["test_acc"] > 0.3
+    E = [p.detach().clone() for p in t.rule.kernels(t.model)]
+    assert not torch.equal(E[0], ekdaa_plan(t.model).layers[1].weight.detach().t())  # E learned
+    resumed = Trainer(load_config(None, ov), resume=t.run_dir, log=lambda s: None)
+    assert all(torch.equal(a, b) for a, b in zip(resumed.rule.kernels(resumed.model), E))
