@@ -46,7 +46,8 @@ to ``W^T`` (no side effect on training: no RNG, no state, ``.grad`` untouched).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import weakref
+from dataclasses import dataclass
 from typing import Any, Dict, List, Literal, Optional, Tuple
 
 import torch
@@ -346,13 +347,13 @@ class EKDAA(Rule):
             if getattr(c, key) not in allowed:
                 raise ValueError(f"ekdaa: {key} must be one of {', '.join(allowed)}, got {getattr(c, key)!r}")
         self.steps = 0
-        self._plans: Dict[int, EKDAAPlan] = {}
+        self._plans: "weakref.WeakKeyDictionary[nn.Module, EKDAAPlan]" = weakref.WeakKeyDictionary()
 
     def plan(self, model: nn.Module) -> EKDAAPlan:
-        key = id(model)
-        if key not in self._plans:
-            self._plans[key] = ekdaa_plan(model)
-        return self._plans[key]
+        """The model's weight layers and stages (:func:`ekdaa_plan`), computed once per model."""
+        if model not in self._plans:
+            self._plans[model] = ekdaa_plan(model)
+        return self._plans[model]
 
     def prepare(self, model: nn.Module) -> nn.Module:
         model = super().prepare(model)
