@@ -273,6 +273,10 @@ _FIDELITY_NOTES = {
 }
 
 
+_EKDAA_DEFAULTS = {"beta": 0.9, "gamma": 0.1, "pool_target": "upsample", "reduction": "mean", "conv_normalize": False,
+                   "conv_kernel": "adjoint", "target_activation": None}
+
+
 def ekdaa_table() -> str:
     """EKDAA against BP and FA on the same network and schedule (``ekdaa.jsonl``), with the gap to
     BP of the same data, activation and seed; the step-time ratio and the fidelity check."""
@@ -287,13 +291,17 @@ def ekdaa_table() -> str:
                     r.get("train_size"))
         bp = {key(r): r["test_acc"] for r in rows if r["rule"]["name"] == "bp"}
         order = {"bp": 0, "fa": 1, "ekdaa": 2}
-        for r in sorted(rows, key=lambda r: (key(r), order.get(r["rule"]["name"], 3), r["rule"].get("e_init", ""))):
+        for r in sorted(rows, key=lambda r: (key(r), order.get(r["rule"]["name"], 3), r["rule"].get("e_init", ""),
+                                             str(sorted(r["rule"].items())))):
             data = "CIFAR-10 (JPEG q75 copy)" if r["data"] == "cifar10" else r["data"]
             n = r.get("train_size")
             sched = f"{r['epochs']} ep" + (f" of {n:,} train images" if n else "")
             if r.get("recipe_epochs") and r["planned_epochs"] < r["recipe_epochs"]:
                 sched += f" (shortened; recipe {r['recipe_epochs']} ep)"
             rule = r["rule"]["name"]
+            if rule == "ekdaa":  # the options that differ from the rule's defaults
+                extra = [f"{k}={r['rule'][k]}" for k, d in _EKDAA_DEFAULTS.items() if k in r["rule"] and r["rule"][k] != d]
+                rule += f" ({', '.join(extra)})" if extra else ""
             e_init = r["rule"].get("e_init", "transpose") if rule == "ekdaa" else "-"
             ref = bp.get(key(r))
             gap = "-" if ref is None or rule == "bp" else f"{100 * (r['test_acc'] - ref):+.2f}"
