@@ -362,6 +362,80 @@ def peers_bptt_table(name: str = "peers_bptt.jsonl") -> str:
     return "\n".join(out) + "\n"
 
 
+_FIDELITY_NOTES = {
+    "mlp": "Fashion-MNIST, dense 784-64-32-10 tanh",
+    "cnn_pool": "CIFAR-10 (JPEG q75 copy), conv 8-P-16-P, FC 32, 10",
+    "cnn_release": "the release's conv-conv layout (8-8-P-8-16-P); differs where expected: the release's filter "
+                   "update of a conv after a conv reads tanh(h) while its forward pass fed h",
+}
+
+
+_EKDAA_DEFAULTS = {"beta": 0.9, "gamma": 0.1, "pool_target": "upsample", "reduction": "mean", "conv_normalize": False,
+                   "conv_kernel": "adjoint", "target_activation": None}
+
+
+def ekdaa_table() -> str:
+    """EKDAA against BP and FA on the same network and schedule (``ekdaa.jsonl``), with the gap to
+    BP of the same data, activation and seed; the step-time ratio and the fidelity check."""
+    rows = [r for r in _rows("ekdaa.jsonl") if not r.get("failed")]
+    out = []
+    if rows:
+        out += ["| data | network | phi | rule | E init | schedule | seed | test acc % (final epoch) | vs BP (points) "
+                "| device | commit |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+        def key(r):  # BP of the same network, activation, seed and schedule
+            return (r["data"], r["model"]["name"], r["model"].get("activation", "tanh"), r["seed"], r["epochs"],
+                    r.get("train_size"))
+        bp = {key(r): r["test_acc"] for r in rows if r["rule"]["name"] == "bp"}
+        order = {"bp": 0, "fa": 1, "ekdaa": 2}
+        for r in sorted(rows, key=lambda r: (key(r), order.get(r["rule"]["name"], 3), r["rule"].get("e_init", ""),
+                                             str(sorted(r["rule"].items())))):
+            data = "CIFAR-10 (JPEG q75 copy)" if r["data"] == "cifar10" else r["data"]
+            n = r.get("train_size")
+            sched = f"{r['epochs']} ep" + (f" of {n:,} train images" if n else "")
+            if r.get("recipe_epochs") and r["planned_epochs"] < r["recipe_epochs"]:
+                sched += f" (shortened; recipe {r['recipe_epochs']} ep)"
+            rule = r["rule"]["name"]
+            if rule == "ekdaa":  # the options that differ from the rule's defaults
+                extra = [f"{k}={r['rule'][k]}" for k, d in _EKDAA_DEFAULTS.items() if k in r["rule"] and r["rule"][k] != d]
+                rule += f" ({', '.join(extra)})" if extra else ""
+            e_init = r["rule"].get("e_init", "transpose") if rule == "ekdaa" else "-"
+            ref = bp.get(key(r))
+            gap = "-" if ref is None or rule == "bp" else f"{100 * (r['test_acc'] - ref):+.2f}"
+            out.append(f"| {data} | `{r['model']['name']}` | {r['model'].get('activation', 'tanh')} | {rule} | {e_init} "
+                       f"| {sched} | {r['seed']} | {_pct(r['test_acc'])} | {gap} | {r['device']} | {r.get('commit') or '-'} |")
+    else:
+        out.append("_No results in benchmarks/results/ekdaa.jsonl yet._")
+    speed = _newest_commit(_lines("ekdaa_speed.jsonl"))
+    if speed:
+        out += ["", "| network | batch | ekdaa ms / step | bp ms / step | ekdaa / bp (interleaved) | device | threads | commit |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in speed:
+            out.append(f"| `{r['model']}` | {r['batch']} | {r['ekdaa_median_ms']:.1f} | {r['bp_median_ms']:.1f} "
+                       f"| {r['ratio_ekdaa_to_bp']:.2f} | {r['device']} | {r.get('threads', '-')} | {r.get('commit') or '-'} |")
+    ang = _newest_commit(_lines("ekdaa_angles.jsonl"))
+    if ang:
+        out += ["", "| angle to BP at init (degrees, layer 1 .. L) | E init | pool target | beta | dtype | angles | commit |",
+                "| --- | --- | --- | --- | --- | --- | --- |"]
+        for r in ang:
+            data = "CIFAR-10 (JPEG q75 copy)" if r["data"] == "cifar10" else r["data"]
+            pool = r["pool_target"] if r["model"] == "ekdaa_cnn" else "-"
+            out.append(f"| {data}, `{r['model']}` | {r['e_init']} | {pool} | {r['beta']:g} | {r.get('dtype', 'float32')} "
+                       f"| {' / '.join(f'{a:.1f}' for a in r['angle_deg'])} | {r.get('commit') or '-'} |")
+    fid = _newest_commit(_lines("ekdaa_fidelity.jsonl"))
+    if fid:
+        out += ["", "| fidelity case (vs tzee/EKDAA-Release, TF) | steps | max rel. error over targets, errors, "
+                "projections, dW, dE, W, E | largest | commit |", "| --- | --- | --- | --- | --- |"]
+        cases: Dict[str, List[Dict]] = {}
+        for r in fid:
+            cases.setdefault(r["case"], []).append(r)
+        for case, rs in cases.items():
+            worst = max(((v, k) for r in rs for k, v in r["rel_err"].items() if v is not None))
+            out.append(f"| {case}: {_FIDELITY_NOTES.get(case, '')} | {len(rs)} | {max(r['max_rel_err'] for r in rs):.1e} "
+                       f"| {worst[1]} | {rs[-1].get('commit') or '-'} |")
+    return "\n".join(out) + "\n"
+
+
 def results_markdown() -> str:
     return ("**Training runs** (`benchmarks/results/train.jsonl`, from `benchmarks/train_bench.py`)\n\n"
             + train_table() + "\n**Ablation: spectral norm of the F64C5 feedback convolution** "
@@ -394,7 +468,11 @@ def results_markdown() -> str:
             "no multi-GPU machine has been available yet)\n\n" + distributed_table()
             + "\n**Surrogate-gradient BPTT against snnTorch, SpikingJelly and Norse: time and peak memory of one "
             "training step** (`benchmarks/results/peers_bptt.jsonl`, from `benchmarks/peers_bptt.py`)\n\n"
-            + peers_bptt_table())
+            + peers_bptt_table()
+            + "\n**EKDAA against BP and FA on the same networks** (`benchmarks/results/ekdaa*.jsonl`, from "
+            "`benchmarks/train_bench.py` with `configs/ekdaa_*.yaml`, `benchmarks/ekdaa_speed.py` and "
+            "`benchmarks/ekdaa_fidelity.py`; CPU runs on a shared machine, one thread; docs/methods/ekdaa.md)\n\n"
+            + ekdaa_table())
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ DATA = Path(__file__).parent / "data"
      "alexnet_f, cifarnet_f, f400, f64c5"),
     ("bptt", "mlp", "time_steps, run()", "alexnet_f, cifarnet_f, f400, f64c5, spiking_convnet, spiking_mlp, tssl_"),
     ("tssl", "f400", "tau_m, tau_s, weight_layers()", "tssl_cifar10_cnn, tssl_cifar10_large, tssl_fmnist_cnn"),
-    ("pc", "f400", "blocks()", "convnet, mlp, pc_cnn, resnet18, resnet20"),
+    ("pc", "f400", "blocks()", "convnet, ekdaa_cnn, ekdaa_mlp, mlp, pc_cnn, resnet18, resnet20"),
 ])
 def test_a_rule_names_the_missing_part_and_the_models_that_fit(rule, model, missing, fits):
     kw = {"hidden": 8} if model == "f400" else {}
