@@ -323,3 +323,15 @@ def test_gate_window_is_steps_1_to_phase1_minus_2():
     assert runs[4, True].spikes[1][:4, 0, 0].tolist() == [0, 0, 0, 1]
     assert runs[4, True].errors[0].abs().sum() == 0
     assert runs[4, False].errors[0].abs().sum() > 0 and runs[5, True].errors[0].abs().sum() > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_equals_cpu():
+    m, rule, x, y = _deep_case("fa")
+    r = rule.run(m, x, y)
+    m.cuda()
+    rule.prepare(m)
+    rule.feedback_weights = [b.cuda() for b in _deep_case("fa")[1].feedback_weights]
+    rc = rule.run(m, x.cuda(), y.cuda())
+    assert all(torch.equal(a, b.cpu()) for a, b in zip(r.spikes, rc.spikes))
+    assert all(torch.allclose(a, b.cpu(), atol=1e-10) for a, b in zip(r.updates, rc.updates))

@@ -115,6 +115,7 @@ class EMSTDPNet(nn.Module):
     def intensities(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, N]`` input intensities in [0, 1] (through the frozen front end, if any)."""
         check_input(x, self.in_shape, "emstdp_mlp")
+        x = x.to(self.layers[0].weight.dtype)
         if not torch.isfinite(x).all():
             raise ValueError("emstdp_mlp: input has NaN/Inf values")
         if self.frontend is None:
