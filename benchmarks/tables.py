@@ -289,21 +289,34 @@ def _images_per_epoch(r: Dict) -> str:
     return "all" if not steps else f"{steps * bs:,}"
 
 
+def _optim(r: Dict) -> str:
+    """A run's optimizer and learning rate, from its config file."""
+    import yaml
+
+    try:
+        o = yaml.safe_load((RESULTS.parent.parent / r["config"]).read_text())["optim"]
+    except Exception:  # noqa: BLE001
+        return "?"
+    betas = f" betas {tuple(o['betas'])}" if "betas" in o and o["name"] != "sgd" else ""
+    return f"{o['name']}{betas} lr {o['lr']:g}"
+
+
 def emstdp_table() -> str:
     """EMSTDP training runs (``emstdp.jsonl``), its fidelity against the reference code
     (``emstdp_fidelity.jsonl``) and its speed against the reference (``emstdp_speed.jsonl``)."""
     rows = [r for r in _rows("emstdp.jsonl") if not r.get("failed")]
     out = []
     if rows:
-        out += ["| data | network | rule (feedback) | epochs x images | seed | test acc % (final epoch) | img/s | commit |",
-                "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        out += ["| data | network | rule (feedback) | optimizer | epochs x images | seed | test acc % (final epoch) | img/s | commit |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         order = {"symmetric": 0, "fa": 1, "dfa": 2}
         rows.sort(key=lambda r: (r["data"], _emstdp_net(r), r["rule"]["name"] != "emstdp",
-                                 order.get(r["rule"].get("feedback", "symmetric"), 3)))
+                                 order.get(r["rule"].get("feedback", "symmetric"), 3), r.get("bench", "")))
         for r in rows:
             rule = r["rule"]["name"] + (f" ({r['rule'].get('feedback', 'symmetric')})" if r["rule"]["name"] == "emstdp" else "")
             imgs = f"{r['epochs']} x {_images_per_epoch(r)}"
-            out.append(f"| {r['data']} | {_emstdp_net(r)} | {rule} | {imgs} | {r['seed']} | {_pct(r.get('test_acc'))} "
+            opt = "EMSTDPRMSprop (reference's)" if r.get("bench") == "emstdp_refopt" else _optim(r)
+            out.append(f"| {r['data']} | {_emstdp_net(r)} | {rule} | {opt} | {imgs} | {r['seed']} | {_pct(r.get('test_acc'))} "
                        f"| {r['train_images_per_s']:.0f} | {r.get('commit', '-')} |")
         out.append(f"\nShortened schedules (the reference trains up to 1000 such epochs), batch 10, CPU shared by "
                    f"several jobs ({rows[0].get('device', '-')}; img/s compares nothing). Published: 94.7% on MNIST on "
