@@ -325,8 +325,7 @@ def emstdp_table() -> str:
         out.append("_No results in benchmarks/results/emstdp.jsonl yet._\n")
     fid = _lines("emstdp_fidelity.jsonl")
     if fid:
-        newest = max(r["date"] for r in fid)
-        fid = [r for r in fid if r["date"][:13] == newest[:13]]
+        fid = [r for r in fid if r.get("commit") == fid[-1].get("commit")]  # the newest run
         out += ["", "| network | feedback | batches | spike / error-spike mismatches | thresholds equal | max update rel. error |",
                 "| --- | --- | --- | --- | --- | --- |"]
         groups: Dict[tuple, List[Dict]] = {}
