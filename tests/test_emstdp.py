@@ -264,7 +264,7 @@ def test_step_stats_and_angle_have_no_side_effect():
 # -- bad input -----------------------------------------------------------------------------------
 
 def test_bad_input_errors():
-    with pytest.raises(ProtocolError, match="LayeredIFModel"):
+    with pytest.raises(ProtocolError, match="LayeredIFModel.*registered models that do: emstdp_mlp"):
         create_rule("emstdp").prepare(create_model("mlp", hidden=[8]))
     with pytest.raises(ValueError, match="epsilon"):
         create_rule("emstdp", epsilon=0.0)

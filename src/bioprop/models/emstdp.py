@@ -71,6 +71,9 @@ class EMSTDPNet(nn.Module):
     """Fully connected IF network (reset to zero) with a Bernoulli rate-coded input; see the
     module docstring. Declares :class:`~bioprop.models.protocols.LayeredIFModel`."""
 
+    time_steps: int
+    thresholds: List[float]
+
     def __init__(self, c: EMSTDPConfig):
         super().__init__()
         if c.time_steps < 2:
