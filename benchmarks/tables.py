@@ -326,7 +326,7 @@ def emstdp_table() -> str:
     fid = _lines("emstdp_fidelity.jsonl")
     if fid:
         fid = [r for r in fid if r.get("commit") == fid[-1].get("commit")]  # the newest run
-        out += ["", "| network | feedback | batches | spike / error-spike mismatches | thresholds equal | max update rel. error |",
+        out += ["| network | feedback | batches | spike / error-spike mismatches | thresholds equal | max update rel. error |",
                 "| --- | --- | --- | --- | --- | --- |"]
         groups: Dict[tuple, List[Dict]] = {}
         for r in fid:
@@ -342,7 +342,7 @@ def emstdp_table() -> str:
     if sp:
         r = sp[-1]
         ips = r["train_images_per_s"]
-        out += ["", "| implementation | training img/s | x reference |", "| --- | --- | --- |"]
+        out += ["| implementation | training img/s | x reference |", "| --- | --- | --- |"]
         for k, v in ips.items():
             x = 1.0 if k.startswith("reference") else r["speedup_vs_reference"][k]
             out.append(f"| {k} | {v:.0f} | {x:.2f} |")
