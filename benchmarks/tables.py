@@ -318,6 +318,12 @@ def emstdp_table() -> str:
             opt = "EMSTDPRMSprop (reference's)" if r.get("bench") == "emstdp_refopt" else _optim(r)
             out.append(f"| {r['data']} | {_emstdp_net(r)} | {rule} | {opt} | {imgs} | {r['seed']} | {_pct(r.get('test_acc'))} "
                        f"| {r['train_images_per_s']:.0f} | {r.get('commit', '-')} |")
+        fe = _lines("emstdp_frontend.jsonl")
+        if fe:
+            f = fe[-1]
+            out.append(f"\nConv front end: conv5 {f['channels']} with pooling, trained by `benchmarks/emstdp_frontend.py` "
+                       f"({f['epochs']} epoch of BP, {f['data']}; its test accuracy with a linear readout "
+                       f"{_pct(f['bp_test_acc'])}%), then frozen.")
         out.append(f"\nShortened schedules (the reference trains up to 1000 such epochs), batch 10, CPU shared by "
                    f"several jobs ({rows[0].get('device', '-')}; img/s compares nothing). Published: 94.7% on MNIST on "
                    f"Loihi with a conv front end + EMSTDP 100-10.\n")
