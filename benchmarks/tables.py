@@ -268,8 +268,11 @@ def _arm(r: Dict) -> tuple:
 def _emstdp_net(r: Dict) -> str:
     m = r["model"]
     if m.get("name") == "emstdp_mlp":
-        front = "conv front end (frozen) + " if m.get("frontend") == "conv" else ""
-        return front + "784-" + "-".join(str(h) for h in m.get("hidden", [100])) + "-10 IF"
+        hidden = "-".join(str(h) for h in m.get("hidden", [100]))
+        if m.get("frontend") == "conv":
+            chans = "-".join(str(c) for c in m.get("conv_channels", [16, 32]))
+            return f"conv {chans} (frozen) + IF {hidden}-10"
+        return f"784-{hidden}-10 IF"
     return "784-" + "-".join(str(h) for h in m.get("hidden", [])) + "-10 ReLU"
 
 
