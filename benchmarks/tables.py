@@ -436,6 +436,102 @@ def ekdaa_table() -> str:
     return "\n".join(out) + "\n"
 
 
+def _emstdp_net(r: Dict) -> str:
+    m = r["model"]
+    if m.get("name") == "emstdp_mlp":
+        hidden = "-".join(str(h) for h in m.get("hidden", [100]))
+        if m.get("frontend") == "conv":
+            chans = "-".join(str(c) for c in m.get("conv_channels", [16, 32]))
+            return f"conv {chans} (frozen) + IF {hidden}-10"
+        return f"784-{hidden}-10 IF"
+    return "784-" + "-".join(str(h) for h in m.get("hidden", [])) + "-10 ReLU"
+
+
+def _images_per_epoch(r: Dict) -> str:
+    """Training images per epoch of a run: ``max_steps_per_epoch x batch_size`` from its config file."""
+    import yaml
+
+    try:
+        c = yaml.safe_load((RESULTS.parent.parent / r["config"]).read_text())
+        steps, bs = c["train"].get("max_steps_per_epoch"), c["data"]["batch_size"]
+    except Exception:  # noqa: BLE001 - the config has moved: say so rather than guess
+        return "?"
+    for o in r.get("overrides", []):
+        k, _, v = o.partition("=")
+        steps = int(v) if k == "train.max_steps_per_epoch" else steps
+        bs = int(v) if k == "data.batch_size" else bs
+    return "all" if not steps else f"{steps * bs:,}"
+
+
+def _optim(r: Dict) -> str:
+    """A run's optimizer and learning rate, from its config file."""
+    import yaml
+
+    try:
+        o = yaml.safe_load((RESULTS.parent.parent / r["config"]).read_text())["optim"]
+    except Exception:  # noqa: BLE001
+        return "?"
+    betas = f" betas {tuple(o['betas'])}" if "betas" in o and o["name"] != "sgd" else ""
+    return f"{o['name']}{betas} lr {o['lr']:g}"
+
+
+def emstdp_table() -> str:
+    """EMSTDP training runs (``emstdp.jsonl``), its fidelity against the reference code
+    (``emstdp_fidelity.jsonl``) and its speed against the reference (``emstdp_speed.jsonl``)."""
+    rows = [r for r in _rows("emstdp.jsonl") if not r.get("failed")]
+    out = []
+    if rows:
+        out += ["| data | network | rule (feedback) | optimizer | epochs x images | seed | test acc % (final epoch) | img/s | commit |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        order = {"symmetric": 0, "fa": 1, "dfa": 2}
+        rows.sort(key=lambda r: (r["data"], _emstdp_net(r), r["rule"]["name"] != "emstdp",
+                                 order.get(r["rule"].get("feedback", "symmetric"), 3), r.get("bench", "")))
+        for r in rows:
+            rule = r["rule"]["name"] + (f" ({r['rule'].get('feedback', 'symmetric')})" if r["rule"]["name"] == "emstdp" else "")
+            imgs = f"{r['epochs']} x {_images_per_epoch(r)}"
+            opt = "EMSTDPRMSprop (reference's)" if r.get("bench") == "emstdp_refopt" else _optim(r)
+            out.append(f"| {r['data']} | {_emstdp_net(r)} | {rule} | {opt} | {imgs} | {r['seed']} | {_pct(r.get('test_acc'))} "
+                       f"| {r['train_images_per_s']:.0f} | {r.get('commit', '-')} |")
+        fe = _lines("emstdp_frontend.jsonl")
+        if fe:
+            f = fe[-1]
+            out.append(f"\nConv front end: conv5 {f['channels']} with pooling, trained by `benchmarks/emstdp_frontend.py` "
+                       f"({f['epochs']} epoch of BP, {f['data']}; its test accuracy with a linear readout "
+                       f"{_pct(f['bp_test_acc'])}%), then frozen.")
+        out.append(f"\nShortened schedules (the reference trains up to 1000 such epochs), batch 10, CPU shared by "
+                   f"several jobs ({rows[0].get('device', '-')}; img/s compares nothing). Published: 94.7% on MNIST on "
+                   f"Loihi with a conv front end + EMSTDP 100-10.\n")
+    else:
+        out.append("_No results in benchmarks/results/emstdp.jsonl yet._\n")
+    fid = _lines("emstdp_fidelity.jsonl")
+    if fid:
+        fid = [r for r in fid if r.get("commit") == fid[-1].get("commit")]  # the newest run
+        out += ["| network | feedback | batches | spike / error-spike mismatches | thresholds equal | max update rel. error |",
+                "| --- | --- | --- | --- | --- | --- |"]
+        groups: Dict[tuple, List[Dict]] = {}
+        for r in fid:
+            groups.setdefault((tuple(r["sizes"]), r["feedback"]), []).append(r)
+        for (sizes, fb), rs in groups.items():
+            out.append(f"| {'-'.join(map(str, sizes))} | {fb} | {len(rs)} | {sum(r['spike_mismatches'] for r in rs)} / "
+                       f"{sum(r['error_spike_mismatches'] for r in rs)} | {all(r['thresholds_equal'] for r in rs)} | "
+                       f"{max(max(r['update_rel_err_per_layer']) for r in rs):.1e} |")
+        out.append(f"\nAgainst zmeidd/EMSTDP `EMSTDP_algo.Network.Train`, float64, same weights, feedback matrices and input "
+                   f"spike trains ({fid[0]['data']}, batch {fid[0]['batch']}), each side then training on its own; commit "
+                   f"{fid[0].get('commit', '-')}.\n")
+    sp = _lines("emstdp_speed.jsonl")
+    if sp:
+        r = sp[-1]
+        ips = r["train_images_per_s"]
+        out += ["| implementation | training img/s | x reference |", "| --- | --- | --- |"]
+        for k, v in ips.items():
+            x = 1.0 if k.startswith("reference") else r["speedup_vs_reference"][k]
+            out.append(f"| {k} | {v:.0f} | {x:.2f} |")
+        out.append(f"\n{'-'.join(map(str, r['sizes']))}, T = {r['time_steps']}, batch {r['batch']}, {r['threads']} thread(s), "
+                   f"interleaved in one run, median of {r['repeat']}; {r['device']}, torch {r['torch']}, commit "
+                   f"{r.get('commit', '-')} (shared machine: the ratio is the figure).\n")
+    return "\n".join(out) + ("\n" if not out[-1].endswith("\n") else "")
+
+
 def results_markdown() -> str:
     return ("**Training runs** (`benchmarks/results/train.jsonl`, from `benchmarks/train_bench.py`)\n\n"
             + train_table() + "\n**Ablation: spectral norm of the F64C5 feedback convolution** "
@@ -472,7 +568,10 @@ def results_markdown() -> str:
             + "\n**EKDAA against BP and FA on the same networks** (`benchmarks/results/ekdaa*.jsonl`, from "
             "`benchmarks/train_bench.py` with `configs/ekdaa_*.yaml`, `benchmarks/ekdaa_speed.py` and "
             "`benchmarks/ekdaa_fidelity.py`; CPU runs on a shared machine, one thread; docs/methods/ekdaa.md)\n\n"
-            + ekdaa_table())
+            + ekdaa_table()
+            + "\n**EMSTDP: training runs, fidelity to the reference code, speed** (`benchmarks/results/emstdp*.jsonl`, from "
+            "`benchmarks/train_bench.py` with `configs/emstdp_*.yaml`, `benchmarks/emstdp_fidelity.py`, "
+            "`benchmarks/emstdp_speed.py`)\n\n" + emstdp_table())
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Model registry (``create_model``) and the architectures of the papers bioprop reproduces."""
 
-from . import ekdaa_nets, feedback, feedforward, resnet, tssl_nets  # noqa: F401  (register the models)
+from . import ekdaa_nets, emstdp, feedback, feedforward, resnet, tssl_nets  # noqa: F401  (register the models)
 from .base import MODELS, Edge, SpikeRecord, conv_out, count_parameters, create_model
-from .protocols import (BlockModel, EquilibriumModel, EquilibriumState, FeedbackDiagnostics, GraphModel, ProtocolError,
+from .protocols import (BlockModel, EquilibriumModel, EquilibriumState, FeedbackDiagnostics, GraphModel, LayeredIFModel, ProtocolError,
                         PSPModel, SpikingModel, StatisticsModel, blocks_of, models_satisfying, require, satisfies)
 from .feedforward import FeedforwardNet, SpikingFeedforwardNet
 
@@ -19,6 +19,7 @@ __all__ = [
     "EquilibriumState",
     "FeedbackDiagnostics",
     "GraphModel",
+    "LayeredIFModel",
     "ProtocolError",
     "PSPModel",
     "SpikingModel",

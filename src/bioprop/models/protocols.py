@@ -12,6 +12,7 @@ models that do satisfy the protocol.
 | :class:`PSPModel` | TSSL-BP networks: ``simulate(x, neuron)``, ``weight_layers()``, PSP constants | tssl |
 | :class:`EquilibriumModel` | ``sample_masks``, ``begin``, ``simulate``, ``equilibrium_map``, ``readout`` | ide |
 | :class:`GraphModel` | ``graph()``: the connection graph, feedback edges included | NIR export |
+| :class:`LayeredIFModel` | ``weight_layers()``, ``thresholds``, ``time_steps``, ``encode(x, generator)`` | emstdp |
 
 Optional parts of an equilibrium model, used when present: :class:`StatisticsModel`
 (``update_statistics(state)`` after the backward pass) and :class:`FeedbackDiagnostics`
@@ -47,6 +48,7 @@ __all__ = [
     "StatisticsModel",
     "FeedbackDiagnostics",
     "GraphModel",
+    "LayeredIFModel",
     "ProtocolError",
     "require",
     "satisfies",
@@ -175,6 +177,22 @@ class GraphModel(Protocol):
     def graph(self) -> List[Edge]: ...
 
 
+@runtime_checkable
+class LayeredIFModel(Protocol):
+    """A fully connected network of non-leaky IF neurons with reset to zero and a rate-coded
+    input (what EMSTDP trains): ``weight_layers()`` the dense layers in order (``nn.Linear``
+    without bias, weight ``[out, in]``), ``thresholds`` one firing threshold per layer,
+    ``time_steps`` the steps per sample, and ``encode(x, generator) -> spikes [T, B, n_0]`` the
+    input spike trains."""
+
+    time_steps: int
+    thresholds: List[float]
+
+    def weight_layers(self) -> List[nn.Module]: ...
+
+    def encode(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor: ...
+
+
 _DESCRIPTION = {
     BlockModel: "an ordered block sequence",
     SpikingModel: "a spiking network",
@@ -183,6 +201,7 @@ _DESCRIPTION = {
     StatisticsModel: "statistics updated after the backward pass",
     FeedbackDiagnostics: "feedback-operator diagnostics",
     GraphModel: "a connection graph",
+    LayeredIFModel: "a fully connected IF network with rate-coded input",
 }
 
 

@@ -17,6 +17,7 @@ from .lif import (
     rate_update,
     rate_value,
 )
+from .emstdp import bernoulli_code, if_zero_step, output_error_current, ternary_step
 from .fastsim import SimOptions
 from .psp import Neuron, TSSLState, TSSLTrace, lif_psp_multistep, lif_psp_step, psp_filter, psp_kernel, strict_heaviside
 from .surrogate import SURROGATES, heaviside, relaxed, spike_fn, surrogate_derivative, surrogate_derivative_, surrogate_of
@@ -35,6 +36,10 @@ __all__ = [
     "rate_update",
     "rate_value",
     "SimOptions",
+    "bernoulli_code",
+    "if_zero_step",
+    "output_error_current",
+    "ternary_step",
     "Neuron",
     "TSSLState",
     "TSSLTrace",
