@@ -6,7 +6,8 @@
   or ``fine_labels``; str or bytes keys). A bad file is a :class:`DataError` naming it.
 - Registry (:mod:`.datasets`): ``create_dataset(name, **DataConfig fields)`` for ``mnist``,
   ``fashion_mnist``, ``cifar10``, ``cifar100``, ``mnist_embedded`` (shipped in the package: the
-  first 20,000 train / first 2,000 test images of MNIST) and ``nmnist``. Files are searched in
+  first 20,000 train / first 2,000 test images of MNIST), ``nmnist`` and ``emnist_<split>``
+  (:mod:`.emnist`). Files are searched in
   ``data_dir`` (``--data-dir``), then ``$BIOPROP_DATA``, then (Fashion-MNIST) Debian's
   ``/usr/share/datasets/fashion-mnist``; ``download=True`` fetches with torchvision.
 - Loading (:mod:`.loader`): :class:`TensorLoader` serves ``(x float32 normalised, y int64)``
@@ -23,6 +24,7 @@ Example::
 """
 
 from .datasets import DATASETS, EMBEDDED_DIR, DataConfig, Dataset, create_dataset, search_dirs
+from .emnist import EMNIST_SPLITS, load_emnist  # registers emnist_<split>
 from .formats import DataError, read_cifar, read_cifar_batch, read_idx, write_idx
 from .loader import TensorLoader, augment_batch, epoch_generator
 
@@ -33,6 +35,8 @@ __all__ = [
     "Dataset",
     "create_dataset",
     "search_dirs",
+    "EMNIST_SPLITS",
+    "load_emnist",
     "DataError",
     "read_cifar",
     "read_cifar_batch",
