@@ -42,7 +42,7 @@ def run_arm(arm: str, seed: int, args, pool: ClassPool) -> Dict:
     overrides = [f"meta.seed={seed}", f"run_dir={args.run_root}/{arm}_s{seed}", "progress=false",
                  f"meta.test_episodes={args.test_episodes}"]
     if arm in LEARNED:
-        overrides += [f"meta.episodes={args.episodes}", f"meta.eval_every={args.eval_every}",
+        overrides += [f"meta.skip_nonfinite={str(args.skip_nonfinite).lower()}", f"meta.episodes={args.episodes}", f"meta.eval_every={args.eval_every}",
                       f"meta.eval_episodes={args.eval_episodes}"]
     cfg = load_meta_config(ROOT / cfg_path, overrides)
     learner = MetaLearner(cfg, pool=pool, run_dir=ROOT / cfg.run_dir, resume=True)
@@ -64,7 +64,7 @@ def run_arm(arm: str, seed: int, args, pool: ClassPool) -> Dict:
         "heldout_acc": result["heldout"]["acc"], "heldout_acc_std_over_episodes": result["heldout"]["acc_std_over_episodes"],
         "heldout_ce": result["heldout"]["ce"], "train_classes_acc": result["train_classes"]["acc"],
         "heldout_angles": {k: v for k, v in result["heldout"].items() if k.startswith("angle_l")},
-        "theta": result["theta"],
+        "theta": result["theta"], "skipped_episodes": sum(1 for r in train if r.get("skipped")),
         "curve": [[r["episode"], r["acc"]] for r in evals],
         "theta_curve": [[r["episode"], r["theta"]] for r in train if r["episode"] % 5 == 0 or r["episode"] == 1],
         "wall_s_this_process": time.perf_counter() - t0,
@@ -111,7 +111,14 @@ def figure(path: Path = OUT, fig_path: Path = FIG) -> Path:
             ax[0].plot(eps, ms, "o-", color=colors[arm], label=f"{LABELS[arm]} (n={len(rs)} seeds)")
             ax[0].fill_between(eps, [m - s for m, s in zip(ms, ss)], [m + s for m, s in zip(ms, ss)],
                                color=colors[arm], alpha=0.15)
-            k = 1 if arm == "pool" else 2
+            if arm not in ("pool", "full"):
+                continue
+            for r in rs:
+                ax[2].plot([e for e, _ in r["curve"]], [a for _, a in r["curve"]], "o-" if arm == "pool" else "s--",
+                           color=colors[arm], alpha=0.4 + 0.2 * r["seed"] % 1, label=f"{arm} seed {r['seed']}")
+            if arm != "pool":
+                continue
+            k = 1
             names = list(rs[0]["theta"])
             for name in names:
                 ep = [e for e, _ in rs[0]["theta_curve"]]
@@ -124,7 +131,8 @@ def figure(path: Path = OUT, fig_path: Path = FIG) -> Path:
     ax[0].set(xlabel="meta-training episode", ylabel="held-out-class query accuracy", xlim=(0, xmax),
               title="meta-test on held-out classes (mean +- std over seeds)")
     ax[1].set(xlabel="meta-training episode", title="theta, F0+F2+F9 (mean over seeds)")
-    ax[2].set(xlabel="meta-training episode", title="theta, full pool (mean over seeds)")
+    ax[2].set(xlabel="meta-training episode", ylabel="held-out-class query accuracy", ylim=(0, 1),
+              title="learned rule, each seed")
     for a in ax:
         a.legend(fontsize=7)
     fig.suptitle("Meta-learned plasticity, MNIST + Fashion-MNIST pool (held out: 7-9 of each), 5-way x 50 online "
@@ -144,6 +152,7 @@ def main() -> None:
     p.add_argument("--eval-episodes", type=int, default=10)
     p.add_argument("--test-episodes", type=int, default=50)
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--skip-nonfinite", action="store_true", help="skip (not stop at) an episode whose meta-loss is NaN/Inf")
     p.add_argument("--run-root", default="runs/meta_bench")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--figure", action="store_true", help="only redraw the figure from the results file")

@@ -322,3 +322,15 @@ def test_emnist_reader_on_small_files(tmp_path):
         create_dataset("emnist_balanced", data_dir=str(tmp_path))
     with pytest.raises(ValueError, match="not found"):
         create_dataset("emnist_digits", data_dir=str(tmp_path))
+
+
+def test_meta_config_files_load_and_build_the_rule():
+    from pathlib import Path
+
+    files = sorted((Path(__file__).resolve().parent.parent / "configs").glob("meta_plasticity_*.yaml"))
+    assert {f.stem for f in files} >= {"meta_plasticity_fa", "meta_plasticity_bp", "meta_plasticity_pool",
+                                        "meta_plasticity_full"}
+    for f in files:
+        cfg = load_meta_config(f)
+        rule = Plasticity(cfg.plasticity, 784, 20)
+        assert rule.sizes == (784, 170, 130, 100, 70, 20)

@@ -78,6 +78,8 @@ class MetaConfig:
     save_every: int = 25
     seed: int = 0
     dtype: Literal["float32", "float64"] = "float32"
+    #: a non-finite meta-loss skips that episode's Adam step (logged ``skipped: true``) instead of stopping
+    skip_nonfinite: bool = False
 
 
 @dataclass
@@ -204,6 +206,10 @@ class MetaLearner:
         """One meta-training episode and Adam step; returns its metrics line."""
         theta_used = self.theta.detach().clone()
         loss, ce, logits, W, B, ep = self.meta_loss(self.theta, "train", self.episode)
+        if not torch.isfinite(loss) and self.config.meta.skip_nonfinite:
+            self.episode += 1
+            return {"kind": "train", "episode": self.episode, "skipped": True, "meta_loss": None, "query_ce": None,
+                    "query_acc": 0.0, "theta": dict(zip(self.rule.term_names, theta_used.tolist()))}
         if not torch.isfinite(loss):
             raise FloatingPointError(f"meta-loss is {loss.item()} at episode {self.episode + 1} (theta "
                                      f"{theta_used.tolist()}): lower meta.lr or meta.theta0")
@@ -308,7 +314,7 @@ class MetaLearner:
                 self.save()
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{line['meta_loss']:.3f}", acc=f"{line['query_acc']:.2f}")
+                bar.set_postfix(loss=f"{line['meta_loss'] or float('nan'):.3f}", acc=f"{line['query_acc']:.2f}")
         if bar is not None:
             bar.close()
         train_s = time.perf_counter() - t0

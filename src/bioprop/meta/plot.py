@@ -39,7 +39,7 @@ def plot_run(run_dir: Union[str, Path], out: Optional[Union[str, Path]] = None, 
     except ImportError:
         raise ImportError("plotting needs matplotlib: pip install 'bioprop[plot]'") from None
     rows = read_metrics(run_dir)
-    train = [r for r in rows if r.get("kind") == "train"]
+    train = [r for r in rows if r.get("kind") == "train" and not r.get("skipped")]
     evals = [r for r in rows if r.get("kind") == "eval"]
     fig, ax = plt.subplots(1, 3, figsize=(14, 3.8))
     if train:
