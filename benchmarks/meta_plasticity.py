@@ -42,6 +42,8 @@ def run_arm(arm: str, seed: int, args, pool: ClassPool) -> Dict:
     overrides = [f"meta.seed={seed}", f"run_dir={args.run_root}/{arm}_s{seed}", "progress=false",
                  f"meta.test_episodes={args.test_episodes}"]
     if arm in LEARNED:
+        if args.meta_lr is not None:
+            overrides.append(f"meta.lr={args.meta_lr}")
         overrides += [f"meta.skip_nonfinite={str(args.skip_nonfinite).lower()}", f"meta.episodes={args.episodes}", f"meta.eval_every={args.eval_every}",
                       f"meta.eval_episodes={args.eval_episodes}"]
     cfg = load_meta_config(ROOT / cfg_path, overrides)
@@ -128,6 +130,14 @@ def figure(path: Path = OUT, fig_path: Path = FIG) -> Path:
             m, s = stats([r["heldout_acc"] for r in rs])
             ax[0].axhline(m, color=colors[arm], ls="--", label=f"{LABELS[arm]} (n={len(rs)} seeds)")
             ax[0].axhspan(m - s, m + s, color=colors[arm], alpha=0.1)
+    extra = newest(path.parent / "meta_plasticity_lr3e-4.jsonl")
+    if extra:
+        rs = list(extra.values())
+        eps = sorted({e for r in rs for e, _ in r["curve"]})
+        ms = [stats([a for r in rs for ee, a in r["curve"] if ee == e]) for e in eps]
+        ax[0].plot(eps, [m for m, _ in ms], "s-", color="tab:cyan",
+                   label=f"learned F0+F2+F9, Adam 3e-4 (n={len(rs)} seeds)")
+        ax[0].fill_between(eps, [m - s for m, s in ms], [m + s for m, s in ms], color="tab:cyan", alpha=0.15)
     ax[0].set(xlabel="meta-training episode", ylabel="held-out-class query accuracy", xlim=(0, xmax),
               title="meta-test on held-out classes (mean +- std over seeds)")
     ax[1].set(xlabel="meta-training episode", title="theta, F0+F2+F9 (mean over seeds)")
@@ -152,6 +162,7 @@ def main() -> None:
     p.add_argument("--eval-episodes", type=int, default=10)
     p.add_argument("--test-episodes", type=int, default=50)
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--meta-lr", type=float, default=None, help="Adam lr on theta (default: the config's)")
     p.add_argument("--skip-nonfinite", action="store_true", help="skip (not stop at) an episode whose meta-loss is NaN/Inf")
     p.add_argument("--run-root", default="runs/meta_bench")
     p.add_argument("--out", type=Path, default=OUT)

@@ -338,6 +338,9 @@ def results_markdown() -> str:
             "5 classes x 50 images online, query 10 a class, 30 meta-test episodes a seed; shortened meta-training "
             "(100 of the release's 600 episodes), Adam 1e-3, CPU; figure `benchmarks/results/meta_plasticity.png`)\n\n"
             + meta_plasticity_table()
+            + "\nSame, learned F0+F2+F9 with a smaller meta learning rate (Adam 3e-4, 60 episodes, non-finite episodes "
+            "skipped; `benchmarks/results/meta_plasticity_lr3e-4.jsonl`)\n\n"
+            + meta_plasticity_table("meta_plasticity_lr3e-4.jsonl")
             + "\n**Meta-learned plasticity: memory of the meta-gradient** (`benchmarks/results/meta_memory.jsonl`, from "
             "`benchmarks/meta_memory.py`; peak RSS of a fresh CPU process above its start, 784-170-130-100-70-20, float32)\n\n"
             + meta_memory_table()
