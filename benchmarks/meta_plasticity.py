@@ -140,9 +140,9 @@ def figure(path: Path = OUT, fig_path: Path = FIG) -> Path:
         ax[0].fill_between(eps, [m - s for m, s in ms], [m + s for m, s in ms], color="tab:cyan", alpha=0.15)
     ax[0].set(xlabel="meta-training episode", ylabel="held-out-class query accuracy", xlim=(0, xmax),
               title="meta-test on held-out classes (mean +- std over seeds)")
-    ax[1].set(xlabel="meta-training episode", title="theta, F0+F2+F9 (mean over seeds)")
+    ax[1].set(xlabel="meta-training episode", title="theta, F0+F2+F9, Adam 1e-3 (mean over seeds)")
     ax[2].set(xlabel="meta-training episode", ylabel="held-out-class query accuracy", ylim=(0, 1),
-              title="learned rule, each seed")
+              title="learned F0+F2+F9, Adam 1e-3, each seed")
     for a in ax:
         a.legend(fontsize=7)
     fig.suptitle("Meta-learned plasticity, MNIST + Fashion-MNIST pool (held out: 7-9 of each), 5-way x 50 online "
