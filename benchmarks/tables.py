@@ -532,6 +532,49 @@ def emstdp_table() -> str:
     return "\n".join(out) + ("\n" if not out[-1].endswith("\n") else "")
 
 
+def meta_plasticity_table(name: str = "meta_plasticity.jsonl") -> str:
+    """Held-out-class query accuracy of FA, the learned rules and BP (newest line per arm and seed)."""
+    rows = _lines(name)
+    newest: Dict[tuple, Dict] = {}
+    for r in rows:
+        newest[(r["arm"], r["seed"])] = r
+    if not newest:
+        return f"_No results in benchmarks/results/{name} yet._\n"
+
+    def ms(xs):
+        m = sum(xs) / len(xs)
+        s = (sum((x - m) ** 2 for x in xs) / max(1, len(xs) - 1)) ** 0.5
+        return f"{100 * m:.1f} +- {100 * s:.1f}"
+
+    out = ["| arm | feedback | terms | meta-train episodes | seeds | held-out classes: query acc % (final theta) "
+           "| meta-train classes: query acc % | best held-out eval during meta-training % (5 episodes each, per-seed best: selected on the held-out classes, optimistic) "
+           "| final theta (mean over seeds) | skipped (non-finite) episodes |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for arm in ("fa", "bp", "pool", "full"):
+        rs = [r for (a, _), r in sorted(newest.items()) if a == arm]
+        if not rs:
+            continue
+        theta = {k: sum(r["theta"][k] for r in rs) / len(rs) for k in rs[0]["theta"]}
+        best = [max(a for e, a in r["curve"] if e > 0) for r in rs if any(e > 0 for e, _ in r["curve"])]
+        out.append(f"| {rs[0]['label']} | {rs[0]['feedback']} | {'+'.join(rs[0]['terms'])} | "
+                   f"{'/'.join(str(r['episodes']) for r in rs)} | {','.join(str(r['seed']) for r in rs)} | "
+                   f"{ms([r['heldout_acc'] for r in rs])} | {ms([r['train_classes_acc'] for r in rs])} | "
+                   f"{ms(best) if best else '-'} | "
+                   f"{', '.join(f'{k} {v:.4f}' for k, v in theta.items())} | "
+                   f"{'/'.join(str(r.get('skipped_episodes', 0)) for r in rs)} |")
+    return "\n".join(out) + "\n"
+
+
+def meta_memory_table(name: str = "meta_memory.jsonl") -> str:
+    rows = _lines(name)
+    if not rows:
+        return f"_No results in benchmarks/results/{name} yet._\n"
+    out = ["| inner steps | gradient checkpoint every | peak memory above start (MiB) |", "| --- | --- | --- |"]
+    for r in rows:
+        out.append(f"| {r['inner_steps']} | {r['inner_checkpoint'] or 'off'} | {r['peak_mib_above_start']:.0f} |")
+    return "\n".join(out) + "\n"
+
+
 def results_markdown() -> str:
     return ("**Training runs** (`benchmarks/results/train.jsonl`, from `benchmarks/train_bench.py`)\n\n"
             + train_table() + "\n**Ablation: spectral norm of the F64C5 feedback convolution** "
@@ -557,6 +600,17 @@ def results_markdown() -> str:
             "(`benchmarks/results/ide_speed.jsonl`, from `benchmarks/ide_speed.py`)\n\n" + ide_speed_table()
             + "\n**TSSL-BP against BPTT on the same networks: training images/s** (`benchmarks/results/tssl_speed.jsonl`, "
             "from `benchmarks/tssl_speed.py`)\n\n" + tssl_speed_table()
+            + "\n**Meta-learned plasticity: query accuracy on held-out classes** (`benchmarks/results/meta_plasticity.jsonl`, "
+            "from `benchmarks/meta_plasticity.py`; MNIST + Fashion-MNIST pool, digits 7-9 and Fashion 7-9 held out, "
+            "5 classes x 50 images online, query 10 a class, 30 meta-test episodes a seed; shortened meta-training "
+            "(100 of the release's 600 episodes), Adam 1e-3, CPU; figure `benchmarks/results/meta_plasticity.png`)\n\n"
+            + meta_plasticity_table()
+            + "\nSame, learned F0+F2+F9 with a smaller meta learning rate (Adam 3e-4, 60 episodes, non-finite episodes "
+            "skipped; `benchmarks/results/meta_plasticity_lr3e-4.jsonl`)\n\n"
+            + meta_plasticity_table("meta_plasticity_lr3e-4.jsonl")
+            + "\n**Meta-learned plasticity: memory of the meta-gradient** (`benchmarks/results/meta_memory.jsonl`, from "
+            "`benchmarks/meta_memory.py`; peak RSS of a fresh CPU process above its start, 784-170-130-100-70-20, float32)\n\n"
+            + meta_memory_table()
             + "\n**Predictive coding: time per training step on the 5-block MNIST CNN** (`benchmarks/results/pc_speed.jsonl`, "
             "from `benchmarks/pc_speed.py`)\n\n" + pc_speed_table()
             + "\n**Data-parallel training under torchrun: images/s for 1 and 2 processes** "

@@ -9,7 +9,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "bioprop"
 
 #: a package (or top-level module) may import only from packages of a lower floor (or its own)
 FLOOR = {"config": 0, "neurons": 0, "equilibrium": 0, "metrics": 0, "distributed": 0, "nonfinite": 0, "_version": 0,
-         "models": 1, "data": 1, "rules": 2, "train": 3, "meta": 3, "export": 4, "plot": 4, "cli": 5, "__main__": 6,
+         "models": 1, "data": 1, "rules": 2, "train": 3, "meta": 4, "export": 4, "plot": 4, "cli": 5, "__main__": 6,
          "__init__": 6}
 #: the only modules of ``models`` that rules may import: protocols and shared records, no architecture
 RULES_MAY_IMPORT = {"bioprop.models.protocols", "bioprop.models.base"}

@@ -6,6 +6,7 @@
     bioprop list [--markdown]
     bioprop bench SUITE [--list] [--dry-run] [...]   (a source checkout's benchmarks/suites.yaml)
     bioprop plot RUN_DIR [RUN_DIR ...] [--out FIG.png]
+    bioprop meta --config FILE [--resume] [--data-dir DIR] [--run-dir DIR] [--plot] [section.key=value ...]
 
 ``bioprop train`` with no arguments trains the packaged default config on the embedded data.
 
@@ -226,6 +227,28 @@ def _add_bench_and_plot(sub) -> None:
     pl.set_defaults(fn=_cmd_plot)
 
 
+def _cmd_meta(args: argparse.Namespace) -> int:
+    """Meta-learn a plasticity rule (:mod:`bioprop.meta`)."""
+    from .meta import MetaLearner, load_meta_config
+
+    overrides = list(args.overrides)
+    if args.data_dir:
+        overrides.append(f"pool.data_dir={args.data_dir}")
+    if args.run_dir:
+        overrides.append(f"run_dir={args.run_dir}")
+    config = load_meta_config(args.config, overrides)
+    learner = MetaLearner(config, resume=args.resume)
+    result = learner.fit()
+    if args.plot and learner.run_dir is not None and learner.episode > 0:
+        from .meta.plot import plot_run
+
+        result["plot"] = str(plot_run(learner.run_dir))
+    summary = {"episodes": result["episodes"], "theta": result["theta"], "heldout_acc": result["heldout"]["acc"],
+               "train_classes_acc": result["train_classes"]["acc"], "run_dir": str(learner.run_dir)}
+    print(json.dumps(summary))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bioprop", description="Train networks with credit-assignment rules "
                                 "other than exact backprop, spiking and not.")
@@ -263,6 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--dense-limit", type=int, default=1 << 26,
                    help="most weights of a dense layer standing for a transposed convolution (0: no limit)")
     x.set_defaults(fn=_cmd_export)
+    m = sub.add_parser("meta", help="meta-learn a plasticity rule (configs/meta_plasticity_*.yaml)")
+    m.add_argument("--config", "-c", required=True, help="YAML meta config (pool, plasticity, meta)")
+    m.add_argument("--resume", action="store_true", help="continue from the run dir's last checkpoint")
+    m.add_argument("--data-dir", help="directory holding the pool's datasets (default: $BIOPROP_DATA)")
+    m.add_argument("--run-dir", help="where metrics, checkpoints and result.json go (default: the config's)")
+    m.add_argument("--plot", action="store_true", help="write RUN_DIR/meta.png (needs matplotlib)")
+    m.add_argument("overrides", nargs="*", help="section.key=value (e.g. meta.episodes=100 plasticity.feedback=sym)")
+    m.set_defaults(fn=_cmd_meta)
 
     ls = sub.add_parser("list", help="list models, rules and datasets")
     ls.add_argument("--markdown", action="store_true", help="as the README's Markdown tables")

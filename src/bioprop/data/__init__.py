@@ -8,7 +8,8 @@
   ``fashion_mnist``, ``cifar10``, ``cifar100``, ``mnist_embedded`` (shipped in the package: the
   first 20,000 train / first 2,000 test images of MNIST) and ``nmnist``. Each dataset has its own
   config class: ``nmnist``'s (:class:`NMNISTConfig`) adds the event binning (``time_steps``,
-  ``bin_us``, ``start_us``), which the image datasets reject as unknown keys. Files are searched in
+  ``bin_us``, ``start_us``), which the image datasets reject as unknown keys; ``emnist_<split>``
+  (:mod:`.emnist`) reads EMNIST's IDX files. Files are searched in
   ``data_dir`` (``--data-dir``), then ``$BIOPROP_DATA``, then (Fashion-MNIST) Debian's
   ``/usr/share/datasets/fashion-mnist``; ``download=True`` fetches with torchvision.
 - Loading (:mod:`.loader`): :class:`TensorLoader` serves ``(x float32 normalised, y int64)``
@@ -25,6 +26,7 @@ Example::
 """
 
 from .datasets import DATASETS, EMBEDDED_DIR, DataConfig, Dataset, NMNISTConfig, create_dataset, search_dirs
+from .emnist import EMNIST_SPLITS, load_emnist  # registers emnist_<split>
 from .formats import DataError, read_cifar, read_cifar_batch, read_idx, write_idx
 from .loader import TensorLoader, augment_batch, epoch_generator
 
@@ -36,6 +38,8 @@ __all__ = [
     "Dataset",
     "create_dataset",
     "search_dirs",
+    "EMNIST_SPLITS",
+    "load_emnist",
     "DataError",
     "read_cifar",
     "read_cifar_batch",
