@@ -46,3 +46,9 @@ def test_alignment_angles():
     kp, fa = out["kp"], out["fa"]
     assert kp[-1]["angles"][-1] < kp[0]["angles"][-1] - 30  # KP's B -> W
     assert fa[-1]["angles"][-1] > 40                          # FA's B stays unrelated
+
+
+def test_export_nir_round_trip():
+    pytest.importorskip("nir")
+    out = _run("export_nir.py")
+    assert out["bytes"] > 0 and out["max_diff_rebuilt_vs_model"] == 0 and out["max_diff_graph_vs_model"] < 1e-5
