@@ -457,7 +457,6 @@ class AlignmentRule(Rule):
         self.alpha = a if config.alpha is None else config.alpha
         self.beta = b if config.beta is None else config.beta
         self.gamma = g if config.gamma is None else config.gamma
-        self.steps = 0
         self._inputs: Dict[str, torch.Tensor] = {}
         if config.model_rule in _LAYER_RULES:
             raise ValueError(f"{name}: model_rule must be a model rule (bp, bptt, ide, ...), not {config.model_rule!r}")
@@ -640,14 +639,13 @@ class AlignmentRule(Rule):
         self.inner.after_step(model)
 
     def state_dict(self):
-        state = {**super().state_dict(), "steps": self.steps, "inner": self.inner.state_dict()}
+        state = {**super().state_dict(), "inner": self.inner.state_dict()}
         if self.b_opt is not None:
             state["b_optimizer"] = self.b_opt.state_dict()
         return state
 
     def load_state_dict(self, state) -> None:
         super().load_state_dict(state)
-        self.steps = state.get("steps", 0)
         if "inner" in state:
             self.inner.load_state_dict(state["inner"])
         if self.b_opt is not None:

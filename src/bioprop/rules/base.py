@@ -59,6 +59,8 @@ class Rule:
         self.config = config
         self.generator = torch.Generator()
         self.generator.manual_seed(0)
+        #: training steps taken (rules that act every N steps read it; saved with the rule's state)
+        self.steps = 0
 
     # -- life cycle -------------------------------------------------------------------------
     def seed(self, seed: int) -> None:
@@ -104,10 +106,11 @@ class Rule:
 
     # -- state ------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
-        return {"generator": self.generator.get_state()}
+        return {"generator": self.generator.get_state(), "steps": self.steps}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.generator.set_state(state["generator"].cpu() if hasattr(state["generator"], "cpu") else state["generator"])
+        self.steps = state.get("steps", 0)
 
     # -- helpers ----------------------------------------------------------------------------
     @staticmethod

@@ -346,7 +346,6 @@ class EKDAA(Rule):
                              ("reduction", ("mean", "sum")), ("conv_kernel", ("adjoint", "reference"))):
             if getattr(c, key) not in allowed:
                 raise ValueError(f"ekdaa: {key} must be one of {', '.join(allowed)}, got {getattr(c, key)!r}")
-        self.steps = 0
         self._plans: "weakref.WeakKeyDictionary[nn.Module, EKDAAPlan]" = weakref.WeakKeyDictionary()
 
     def plan(self, model: nn.Module) -> EKDAAPlan:
@@ -427,12 +426,6 @@ class EKDAA(Rule):
                 stats[f"ekdaa/E_W_norm_ratio/{l + 1}"] = E.detach().norm() / wt.norm().clamp_min(1e-30)
         return stats
 
-    def state_dict(self):
-        return {**super().state_dict(), "steps": self.steps}
-
-    def load_state_dict(self, state) -> None:
-        super().load_state_dict(state)
-        self.steps = state.get("steps", 0)
 
 
 @RULES.register("ekdaa", EKDAAConfig,

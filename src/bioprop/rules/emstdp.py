@@ -226,7 +226,6 @@ class EMSTDP(Rule):
             raise ValueError(f"emstdp: clip must be > 0 or null, got {config.clip}")
         self.feedback_weights: List[Optional[torch.Tensor]] = []
         self.error_thresholds: List[float] = []
-        self.steps = 0
 
     def _phases(self, T: int):
         c = self.config
@@ -342,11 +341,10 @@ class EMSTDP(Rule):
                 lin.weight.clamp_(-self.config.clip, self.config.clip)
 
     def state_dict(self) -> Dict[str, Any]:
-        return {**super().state_dict(), "steps": self.steps, "feedback_weights": self.feedback_weights}
+        return {**super().state_dict(), "feedback_weights": self.feedback_weights}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.steps = state.get("steps", 0)
         if "feedback_weights" in state:
             dev = self.generator.device
             self.feedback_weights = [None if b is None else b.to(dev) for b in state["feedback_weights"]]

@@ -203,7 +203,7 @@ class IDE(Rule):
             a, rec = self.simulate(model, st, c.time_steps)
         # issue 18: NaN/Inf membranes never spike, so the loss stays finite: flag the membranes'
         # input current and the rates on the device (read back by the trainer's periodic check)
-        watch("ide: the membrane drive (encoder output)", getattr(st, "drive", None), _NONFINITE_HINT)
+        watch("ide: the membrane drive (encoder output)", st.drive, _NONFINITE_HINT)
         watch("ide: the equilibrium rates", a, _NONFINITE_HINT)
         # Jacobian graph (parameters constant) in at least fp32 with autocast off, so that the
         # adjoint solve can reach its tolerance under bf16/fp16 autocast too

@@ -285,7 +285,6 @@ class PredictiveCoding(Rule):
         super().__init__(config)
         if config.n is not None and config.n < 1 or not config.eta > 0:
             raise ValueError(f"pc: need n >= 1 (or None) and eta > 0, got n={config.n}, eta={config.eta}")
-        self.steps = 0
         self._graphed: Optional[GraphedStep] = None
         self._graph_failed = False
         self._vjps = 0
@@ -370,12 +369,6 @@ class PredictiveCoding(Rule):
             stats[f"pc/angle/{l + 1}"] = angle_degrees(a, r)
         return stats
 
-    def state_dict(self):
-        return {**super().state_dict(), "steps": self.steps}
-
-    def load_state_dict(self, state) -> None:
-        super().load_state_dict(state)
-        self.steps = state.get("steps", 0)
 
 
 @RULES.register("pc", PCConfig, "predictive coding (fixed_pred / strict / exact); fixed_pred eta=1, n=L is exact BP")
