@@ -575,6 +575,25 @@ def meta_memory_table(name: str = "meta_memory.jsonl") -> str:
     return "\n".join(out) + "\n"
 
 
+def nonfinite_overhead_table(name: str = "nonfinite_overhead.jsonl") -> str:
+    """Step time with the trainer's NaN/Inf checks off and on (issue 18's bar: at most 2%)."""
+    rows = [r for r in _newest_commit(_lines(name)) if "overhead_per_step_median" in r]
+    if not rows:
+        return f"_No results in benchmarks/results/{name} yet._\n"
+    arms = {"off": "checks off", "every50": "defaults (`check_every=50`, `check_gradients=auto`)",
+            "every50_step": "`check_every=50`, `check_gradients=step`",
+            "every1_step": "`check_every=1`, `check_gradients=step` (a read-back every step)"}
+    out = ["| device | case (batch) | arm | gradients flagged every step | step ms (median of steps) | overhead "
+           "(median of steps) | overhead (paired rounds) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        out.append(f"| {r['device']} | {r['model']} / {r['rule']} ({r['batch']}) | {arms.get(r['arm'], r['arm'])} | "
+                   f"{'yes' if r.get('gradients_flagged_every_step') else 'no'} | {r['median_per_step_ms']:.2f} | "
+                   f"{100 * r['overhead_per_step_median']:+.1f}% | {100 * r['overhead_paired_median']:+.1f}% |")
+    r = rows[0]
+    return ("\n".join(out) + f"\n\n{r['steps']} steps a round, {r['rounds']} interleaved rounds an arm, "
+            f"{r['threads']} thread, {r['data']}; torch {r['torch']}, commit {r['commit']}. {r.get('note', '')}\n")
+
+
 def results_markdown() -> str:
     return ("**Training runs** (`benchmarks/results/train.jsonl`, from `benchmarks/train_bench.py`)\n\n"
             + train_table() + "\n**Ablation: spectral norm of the F64C5 feedback convolution** "
@@ -625,7 +644,9 @@ def results_markdown() -> str:
             + ekdaa_table()
             + "\n**EMSTDP: training runs, fidelity to the reference code, speed** (`benchmarks/results/emstdp*.jsonl`, from "
             "`benchmarks/train_bench.py` with `configs/emstdp_*.yaml`, `benchmarks/emstdp_fidelity.py`, "
-            "`benchmarks/emstdp_speed.py`)\n\n" + emstdp_table())
+            "`benchmarks/emstdp_speed.py`)\n\n" + emstdp_table()
+            + "\n**Overhead of the NaN/Inf checks** (`benchmarks/results/nonfinite_overhead.jsonl`, from "
+            "`benchmarks/nonfinite_overhead.py`; issue 18's bar: at most 2% of a step)\n\n" + nonfinite_overhead_table())
 
 
 if __name__ == "__main__":

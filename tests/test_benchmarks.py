@@ -61,3 +61,17 @@ def test_a_shortened_schedule_is_labelled_against_the_recipe(monkeypatch):
     lines = tables.train_table().splitlines()[2:]
     assert "| 40 (schedule shortened from the recipe's 100) |" in lines[0]
     assert "| 100 |" in lines[1] and "shortened" not in lines[1]
+
+
+def test_nonfinite_overhead_benchmark_at_toy_size(tmp_path):
+    """The gpu_more suite's issue-18 measurement runs on the CPU at toy size: every arm, the
+    per-step medians, and the defaults leave the gradients out of the per-step flags on the CPU."""
+    import subprocess
+
+    out = tmp_path / "nf.jsonl"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "nonfinite_overhead.py"), "--cases", "mlp_bp",
+                    "--steps", "3", "--rounds", "1", "--out", str(out)], check=True, capture_output=True, cwd=ROOT)
+    rows = {r["arm"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert set(rows) == {"off", "every50", "every50_step", "every1_step"}
+    assert not rows["every50"]["gradients_flagged_every_step"] and rows["every50_step"]["gradients_flagged_every_step"]
+    assert rows["off"]["overhead_per_step_median"] == 0 and all(r["median_per_step_ms"] > 0 for r in rows.values())

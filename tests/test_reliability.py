@@ -90,6 +90,25 @@ def test_nonfinite_input_stops_the_run_naming_step_and_tensor(tmp_path, value):
     assert t.history == []
 
 
+def test_float_images_with_nan_are_caught_and_uint8_images_skip_the_input_flag(tmp_path, monkeypatch):
+    """Integer images with a finite normalisation are finite by construction (no per-step input
+    flag); float images, e.g. a custom dataset built through the Python API, are flagged."""
+    t = Trainer(_cfg(tmp_path, check_every=50), log=_quiet)
+    assert t.dataset.loader("train").finite_inputs
+    x = t.dataset.train_x.float()
+    x[7, 0, 3, 3] = float("nan")
+    t.dataset.train_x = x
+    t.dataset._cache.clear()
+    assert not t.dataset.loader("train").finite_inputs
+    with pytest.raises(NonFiniteError, match=r"the input batch at epoch 1, step \d \(global step"):
+        t.fit()
+    assert not (t.run_dir / "checkpoints").exists()
+    # a normalisation with std 0 makes every batch Inf: not finite by construction either
+    t2 = Trainer(_cfg(tmp_path, name="std0"), log=_quiet)
+    t2.dataset.std = (0.0,)
+    assert not t2.dataset.loader("train").finite_inputs
+
+
 def test_nan_input_to_a_spiking_net_stops_the_run_though_its_loss_stays_finite(tmp_path):
     raw = _raw(tmp_path, "snn", epochs=1)
     raw["model"] = {"name": "spiking_convnet", "channels": [2, 3], "hidden": [8], "time_steps": 2}
@@ -111,8 +130,13 @@ def test_nan_input_to_a_spiking_net_stops_the_run_though_its_loss_stays_finite(t
     assert not (t.run_dir / "checkpoints").exists()
 
 
-def test_nonfinite_gradient_names_the_layer_and_step(tmp_path, monkeypatch):
-    t = Trainer(_cfg(tmp_path, check_every=2), log=_quiet)
+@pytest.mark.parametrize("mode", ["step", "check", "auto"])
+def test_nonfinite_gradient_names_the_layer_and_step(tmp_path, monkeypatch, mode):
+    """``train.check_gradients=step`` names the exact step of a NaN gradient; ``check`` (and
+    ``auto`` on the CPU) catches it through the weight it made non-finite, at the next check."""
+    raw = _raw(tmp_path, f"g{mode}", check_every=3)
+    raw["train"]["check_gradients"] = mode
+    t = Trainer(RunConfig.from_dict(raw), log=_quiet)
     real_step, calls = t.rule.step, []
 
     def step(model, x, y, loss_fn, scaler=None):
@@ -125,9 +149,43 @@ def test_nonfinite_gradient_names_the_layer_and_step(tmp_path, monkeypatch):
     monkeypatch.setattr(t.rule, "step", step)
     names = [n for n, _ in t.model.named_parameters()]
     assert "layers.1.0.weight" in names, names
-    with pytest.raises(NonFiniteError, match=r"gradient of 'layers.1.0.weight' at epoch 1, step 2"):
+    # check/auto: the NaN weight makes step 3's loss NaN (flagged every step); the error names the
+    # weights that are non-finite by then
+    expected = (r"gradient of 'layers.1.0.weight' at epoch 1, step 2 " if mode == "step" else
+                r"the loss at epoch 1, step 3 .*non-finite weights now: .*'layers.1.0.weight'")
+    with pytest.raises(NonFiniteError, match=expected):
         t.fit()
-    assert len(calls) == 2  # stopped at the check after step 2 (check_every=2)
+    assert len(calls) == 3  # stopped at the check after step 3 (check_every=3), before any checkpoint
+    assert not (t.run_dir / "checkpoints").exists()
+
+
+def test_nonfinite_gradient_in_check_mode_is_caught_through_the_weight(tmp_path, monkeypatch):
+    """A NaN gradient at the last step before a check leaves every flag of the steps finite; the
+    check's scan of the weights catches it and says how to get the exact step."""
+    t = Trainer(_cfg(tmp_path, check_every=3, check_gradients="check"), log=_quiet)
+    real_step, calls = t.rule.step, []
+
+    def step(model, x, y, loss_fn, scaler=None):
+        out = real_step(model, x, y, loss_fn, scaler)
+        calls.append(1)
+        if len(calls) == 3:
+            dict(model.named_parameters())["layers.1.0.weight"].grad[0, 0] = float("nan")
+        return out
+
+    monkeypatch.setattr(t.rule, "step", step)
+    with pytest.raises(NonFiniteError, match=r"weight 'layers.1.0.weight' at the check after epoch 1, "
+                                             r"step 3 .*train.check_gradients=step names the exact step"):
+        t.fit()
+    assert len(calls) == 3 and not (t.run_dir / "checkpoints").exists()
+
+
+def test_check_gradients_auto_flags_every_step_on_cuda_only(tmp_path):
+    t = Trainer(_cfg(tmp_path), log=_quiet)
+    assert t.config.train.check_gradients == "auto" and not t._grads_every_step()
+    t.device = torch.device("cuda")  # the choice only: nothing runs on it
+    assert t._grads_every_step()
+    t.config.train.check_gradients = "check"
+    assert not t._grads_every_step()
 
 
 def test_nonfinite_weight_from_a_rule_update_is_caught_before_any_checkpoint(tmp_path, monkeypatch):

@@ -1,15 +1,18 @@
 """Catch NaN/Inf in a run without a host synchronisation per step.
 
-A :class:`FiniteMonitor` keeps, for every watched tensor of every step, a 0-dim reduction *on the
-tensor's device* that is finite iff the tensor is (its sum); nothing is read back until
-:meth:`FiniteMonitor.check`,
-which the trainer calls every ``train.check_every`` steps, at the end of every epoch and before
-every checkpoint. ``check`` concatenates the pending flags, reads them back once (the only
-synchronisation) and raises :class:`NonFiniteError` naming the first offender: the step, the
-tensor and, for per-parameter watches, the parameter (layer). On a GPU the per-step cost is
-one small kernel per watch (a sum, or one multi-tensor L2 norm for a list of tensors) and no
-synchronisation; ``benchmarks/nonfinite_overhead.py``
-measures it. (A sum is used rather than ``isfinite().all()``, which is ~100x slower on a CPU.)
+A :class:`FiniteMonitor` keeps, for every watch of every step, a small vector on the watched
+tensors' device with one reduction per tensor, finite iff the tensor is; nothing is read back until
+:meth:`FiniteMonitor.check`, which the trainer calls every ``train.check_every`` steps, at the end
+of every epoch and before every checkpoint. ``check`` concatenates the pending vectors, reads them
+back once (the only synchronisation) and raises :class:`NonFiniteError` naming the first offender:
+the step, the tensor and, for per-parameter watches, the parameter (layer).
+
+The trainer watches a whole step with one :meth:`FiniteMonitor.watch_step` call: the input batch,
+the loss and every gradient cost one multi-tensor L2 norm (``torch._foreach_norm``), one stack and
+no synchronisation, whatever the number of layers (the per-call cost, not the arithmetic,
+dominates on small models: on a CPU a separate reduction per tensor costs ~3x as much).
+``benchmarks/nonfinite_overhead.py`` measures it. (``isfinite().all()`` would be ~100x slower on
+a CPU.)
 
 Any code that runs inside the trainer's step (a rule, a model) can report a tensor of its own with
 the module-level :func:`watch`, which is a no-op when no monitor is active (the rule used on its
@@ -18,9 +21,12 @@ own, outside a trainer)::
     from bioprop.nonfinite import watch
     watch("ide: rates", a, hint="lower optim.lr")
 
-A reduction that overflows also counts as non-finite: a sum beyond ~3e38, or for the list watches
-(:meth:`FiniteMonitor.watch_tensors`) an L2 norm beyond it, i.e. fp32 entries beyond ~1e19:
-weights or gradients that large are broken as well.
+(:func:`watch_many` reports several tensors with one set of kernels: cheaper than one
+:func:`watch` each, since on small models the per-call cost dominates.)
+
+A reduction that overflows also counts as non-finite: an L2 norm beyond ~3e38, i.e. fp32 entries
+beyond ~1e19 (weights or gradients that large are broken as well). Half-precision tensors are
+reduced in fp32 (an fp16 norm overflows at 65504).
 
 This module uses nothing else of bioprop.
 """
@@ -33,7 +39,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["NonFiniteError", "FiniteMonitor", "watch", "active_monitor"]
+__all__ = ["NonFiniteError", "FiniteMonitor", "watch", "watch_many", "active_monitor"]
 
 
 class NonFiniteError(FloatingPointError):
@@ -42,11 +48,13 @@ class NonFiniteError(FloatingPointError):
 
 @dataclass
 class _Entry:
-    where: str                      # "epoch 2, step 17"
-    name: str                       # "input", "gradient", "ide: rates", ...
-    values: List[torch.Tensor]      # 0-dim reductions, one per item (finite iff the tensor is)
-    items: Optional[Sequence[str]]  # names of the watched tensors of a list watch
-    hint: str
+    where: str                                 # "epoch 2, step 17"
+    values: torch.Tensor                       # 1-d: one reduction per tensor, finite iff it is
+    items: Sequence[Tuple[str, Optional[str], str]]  # per item: (name, parameter or None, hint)
+    lo: int = 0                                # this entry's items are values[lo:lo + len(items)]
+
+    def flags(self) -> torch.Tensor:
+        return self.values[self.lo:self.lo + len(self.items)]
 
 
 _ACTIVE: List["FiniteMonitor"] = []
@@ -64,11 +72,37 @@ def watch(name: str, tensor: torch.Tensor, hint: str = "") -> None:
         m.watch(name, tensor, hint)
 
 
-def _sum(t: torch.Tensor) -> torch.Tensor:
-    """A reduction that is finite iff every entry of ``t`` is (NaN and +-Inf propagate)."""
-    if t.dtype in (torch.float16, torch.bfloat16):
-        return t.sum(dtype=torch.float32)
-    return t.sum()
+_FAST = (torch.float32, torch.float64)
+
+
+def _reductions(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """One value per tensor, finite iff the tensor is, stacked into a 1-d tensor (same device).
+
+    0-dim fp32/fp64 tensors are taken as they are (the stack copies them), other fp32/fp64 tensors
+    share one multi-tensor norm, half precision and complex tensors get their own fp32 norm."""
+    vals: List[Optional[torch.Tensor]] = [None] * len(tensors)
+    many = []
+    with torch.no_grad():
+        for i, t in enumerate(tensors):
+            t = t.detach()
+            if t.dtype in _FAST:
+                if t.dim() == 0:
+                    vals[i] = t
+                else:
+                    many.append(i)
+            else:  # fp16/bf16 (an fp16 norm overflows at 65504), complex
+                vals[i] = torch.linalg.vector_norm(t.abs() if t.is_complex() else t, dtype=torch.float32)
+        if many:
+            for i, v in zip(many, torch._foreach_norm([tensors[i].detach() for i in many])):
+                vals[i] = v
+        return torch.stack(vals)
+
+
+def watch_many(named: Sequence[Tuple[str, torch.Tensor]], hint: str = "") -> None:
+    """Report several ``(name, tensor)`` pairs with one set of kernels (no-op without a monitor)."""
+    m = active_monitor()
+    if m is not None:
+        m.watch_step([(name, None, t, hint) for name, t in named])
 
 
 class FiniteMonitor:
@@ -97,59 +131,70 @@ class FiniteMonitor:
 
     def watch(self, name: str, tensor: torch.Tensor, hint: str = "") -> None:
         """Flag whether ``tensor`` holds a NaN or Inf (one reduction on its device)."""
-        if not self.enabled or not isinstance(tensor, torch.Tensor) or tensor.numel() == 0:
-            return
-        if not (tensor.is_floating_point() or tensor.is_complex()):
-            return
-        # a new tensor even for a 0-dim input (the loss may live in a buffer that is reused)
-        self._pending.append(_Entry(self.where, name, [_sum(tensor.detach())], None, hint))
+        self.watch_step([(name, None, tensor, hint)])
 
     def watch_tensors(self, name: str, named: Sequence[Tuple[str, torch.Tensor]], hint: str = "") -> None:
-        """Flag each of the ``(name, tensor)`` pairs (e.g. every parameter's gradient) with one
-        multi-tensor norm (``torch._foreach_norm``): a flag per tensor, so that :meth:`check`
-        names the layer."""
+        """Flag each of the ``(name, tensor)`` pairs (e.g. every parameter's gradient) so that
+        :meth:`check` names the layer: one multi-tensor norm for all of them."""
+        self.watch_step([(name, n, t, hint) for n, t in named])
+
+    def watch_step(self, items, at: Optional[int] = None, head: int = 0) -> None:
+        """Flag many tensors with one set of kernels: ``items`` are
+        ``(name, parameter_or_None, tensor, hint)``; an error names ``name`` (and the parameter).
+
+        The first ``head`` items are placed at position ``at`` of the pending flags, the others
+        at the end. What :meth:`check` reports is the earliest bad flag in that order: the trainer
+        watches a step's input, loss and gradients in one call after the step, and puts the
+        input before what the rule watched during the step and the loss and gradients after it."""
         if not self.enabled:
             return
-        named = [(n, t) for n, t in named if isinstance(t, torch.Tensor) and t.numel() > 0]
-        if not named:
-            return
         by_dev: dict = {}
-        for n, t in named:
-            if t.is_floating_point() or t.is_complex():
-                by_dev.setdefault((t.device, t.dtype), []).append((n, t.detach()))
-        for (dev, dtype), group in by_dev.items():
-            ts = [t for _, t in group]
-            if dtype in (torch.float32, torch.float64):
-                sums = torch._foreach_norm(ts)  # one multi-tensor kernel (one call on a CPU)
-            else:  # half precision: accumulate in fp32 (an fp16 norm overflows at 65504)
-                sums = [torch.linalg.vector_norm(t, dtype=torch.float32) for t in ts]
-            self._pending.append(_Entry(self.where, name, list(sums), [n for n, _ in group], hint))
+        for k, (name, item, t, hint) in enumerate(items):
+            if isinstance(t, torch.Tensor) and t.numel() > 0 and (t.is_floating_point() or t.is_complex()):
+                group = by_dev.setdefault(t.device, ([], [], []))
+                group[0].append(t)
+                group[1].append((name, item, hint))
+                group[2].append(k < head)
+        for tensors, labels, front in by_dev.values():
+            vals = _reductions(tensors)
+            n = sum(front)  # the head items come first in their device's group
+            if n and at is not None:
+                self._pending.insert(at, _Entry(self.where, vals, labels[:n]))
+                at += 1
+            elif n:
+                self._pending.append(_Entry(self.where, vals, labels[:n]))
+            if n < len(labels):
+                self._pending.append(_Entry(self.where, vals, labels[n:], lo=n))
 
     def clear(self) -> None:
         self._pending.clear()
 
     def first_bad(self) -> Optional[Tuple[str, str, Optional[str], str]]:
-        """``(where, name, item, hint)`` of the first non-finite entry, or ``None``; clears the
-        pending flags. One device-to-host read for all of them."""
+        """``(where, name, parameter, hint)`` of the first non-finite entry, or ``None``; clears the
+        pending flags. One device-to-host read per device for all of them."""
         if not self._pending:
             return None
         pending, self._pending = self._pending, []
         by_dev: dict = {}
         for i, e in enumerate(pending):
-            for j, v in enumerate(e.values):
-                by_dev.setdefault(v.device, []).append((i, j, v))
-        bad_entries = []
-        for dev, vals in by_dev.items():
-            bad = ~torch.isfinite(torch.stack([v for _, _, v in vals]))
+            by_dev.setdefault(e.values.device, []).append(i)
+        found = []
+        for idx in by_dev.values():
+            vals = [pending[i].flags() for i in idx]
+            bad = ~torch.isfinite(torch.cat([v.double() for v in vals]))
             if not bool(bad.any()):
                 continue
-            first = int(bad.nonzero()[0, 0])
-            bad_entries.append(vals[first][:2])
-        if not bad_entries:
+            flat = int(bad.nonzero()[0, 0])
+            for i, v in zip(idx, vals):  # map the flat position back to (entry, item)
+                if flat < v.numel():
+                    found.append((i, flat))
+                    break
+                flat -= v.numel()
+        if not found:
             return None
-        i, j = min(bad_entries)
-        e = pending[i]
-        return e.where, e.name, (e.items[j] if e.items is not None else None), e.hint
+        i, j = min(found)
+        name, item, hint = pending[i].items[j]
+        return pending[i].where, name, item, hint
 
     def check(self) -> None:
         """Raise :class:`NonFiniteError` if any pending flag is set (then clear them)."""

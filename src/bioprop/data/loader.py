@@ -92,6 +92,10 @@ class TensorLoader:
         # x = (u8 / 255 - mean) / std  =  u8 * scale + shift; spike frames (time_first) pass as 0/1
         self._scale = (1.0 / (255.0 * s)).view(1, -1, 1, 1) if not time_first else torch.ones((), device=dev)
         self._shift = (-m / s).view(1, -1, 1, 1) if not time_first else torch.zeros((), device=dev)
+        #: every batch is finite by construction: integer images (uint8) and a finite normalisation
+        #: (the trainer then skips its per-step NaN/Inf flag of the input; float images keep it)
+        self.finite_inputs = (not images.is_floating_point() and not images.is_complex()
+                              and bool(torch.isfinite(self._scale).all()) and bool(torch.isfinite(self._shift).all()))
 
     def __len__(self) -> int:
         n = len(self.labels)

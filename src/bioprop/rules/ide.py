@@ -57,7 +57,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from ..equilibrium import SolverResult, SolverWarning, implicit, jacobian_vjp
 from ..models.protocols import EquilibriumModel, EquilibriumState, FeedbackDiagnostics, SpikeRecord, StatisticsModel
 from ..neurons.fastsim import SimOptions
-from ..nonfinite import watch
+from ..nonfinite import watch_many
 from .base import RULES, LossFn, Rule, StepOutput
 from .graphs import GraphedStep
 
@@ -203,8 +203,8 @@ class IDE(Rule):
             a, rec = self.simulate(model, st, c.time_steps)
         # issue 18: NaN/Inf membranes never spike, so the loss stays finite: flag the membranes'
         # input current and the rates on the device (read back by the trainer's periodic check)
-        watch("ide: the membrane drive (encoder output)", st.drive, _NONFINITE_HINT)
-        watch("ide: the equilibrium rates", a, _NONFINITE_HINT)
+        watch_many([("ide: the membrane drive (encoder output)", st.drive),
+                    ("ide: the equilibrium rates", a)], _NONFINITE_HINT)
         # Jacobian graph (parameters constant) in at least fp32 with autocast off, so that the
         # adjoint solve can reach its tolerance under bf16/fp16 autocast too
         a0 = a.detach().to(torch.promote_types(a.dtype, torch.float32)).requires_grad_(True)

@@ -90,6 +90,12 @@ class TrainConfig:
     device-side NaN/Inf flags of the input, loss, gradients and weights every this many steps (and
     at every epoch end and before every checkpoint); a non-finite value stops the run naming the
     step and the tensor (:mod:`bioprop.nonfinite`); 0 turns the checks off.
+    ``check_gradients``: when the gradients are flagged. ``step``: every step (an error names the
+    exact step and layer). ``check``: only through the weights at each check (a NaN/Inf gradient
+    makes the weight it updates non-finite, and that persists: the error names the layer and the
+    check's step). ``auto`` (default): ``step`` on CUDA, where the flags of all gradients cost one
+    asynchronous multi-tensor kernel; ``check`` on the CPU, where they cost a synchronous read of
+    every gradient each step (4-6% of a small MLP's step; ``benchmarks/nonfinite_overhead.py``).
     ``tensorboard``: also write each epoch's metrics as TensorBoard scalars into
     ``RUN_DIR/tensorboard`` (the ``tensorboard`` extra).
     """
@@ -108,6 +114,7 @@ class TrainConfig:
     max_steps_per_epoch: Optional[int] = None
     progress: Optional[bool] = None
     check_every: int = 50
+    check_gradients: Literal["auto", "step", "check"] = "auto"
 
     #: under torchrun: synchronise BatchNorm layers across processes (nn.SyncBatchNorm; CUDA only)
     sync_bn: bool = False

@@ -58,8 +58,8 @@ CLAIM_FILE = ".bioprop-run"
 #: Every change is logged and recorded in the run's ``resumes.jsonl``; any other difference is
 #: refused, so that ``config.yaml`` always describes what ran.
 RESUME_ALLOWED = ("train.device", "train.progress", "train.eval_every", "train.checkpoint_every",
-                  "train.keep_checkpoints", "train.check_every", "train.epochs", "data.data_dir",
-                  "data.download")
+                  "train.keep_checkpoints", "train.check_every", "train.check_gradients", "train.epochs",
+                  "data.data_dir", "data.download")
 #: keys that only name where the run lives (not compared)
 _RESUME_IGNORED = ("train.out_dir", "train.name")
 
@@ -418,19 +418,25 @@ class Trainer:
         t0 = time.perf_counter()
         mon = self.monitor
         every = c.train.check_every
+        finite_inputs = getattr(loader, "finite_inputs", False)
         for i, (x, y) in enumerate(loader):
             if i >= n_steps:
                 break
             x, y, b_local, b_global = parallel.shard_batch(x, y, getattr(loader, "time_first", False))
             mon.where = f"epoch {self.epoch + 1}, step {i + 1} (global step {self.global_step + 1})"
-            mon.watch("the input batch", x, _HINT_DATA)
+            at = len(mon)  # the input's flag goes before what the rule watches during the step
             opt.zero_grad(set_to_none=True)
             with mon.active(), (amp() if amp else _null()):
                 out = rule.step(model, x, y, self.loss_fn, self.scaler)
             parallel.reduce_step_grads(model.parameters(), b_local, b_global, rule.grad_reduction)  # distributed
-            mon.watch("the loss", out.loss, _HINT_LR)
-            if self.scaler is None:  # fp16: the scaler skips steps with Inf gradients by design
-                mon.watch_tensors("the gradient of", [(n, p.grad) for n, p in self._named_params], _HINT_LR)
+            # one call: input, loss and (not under fp16 loss scaling, whose scaler skips steps with
+            # Inf gradients by design) every gradient, in one multi-tensor norm and one stack
+            # (the input only where it is not finite by construction: float images, custom loaders)
+            watched = [] if finite_inputs else [("the input batch", None, x, _HINT_DATA)]
+            watched.append(("the loss", None, out.loss, _HINT_LR))
+            if self.scaler is None and self._grads_every_step():
+                watched += [("the gradient of", n, p.grad, _HINT_LR) for n, p in self._named_params]
+            mon.watch_step(watched, at=at, head=0 if finite_inputs else 1)
             if self.scaler is not None:
                 self.scaler.unscale_(opt)
             if c.train.grad_clip:
@@ -478,6 +484,12 @@ class Trainer:
         res.update({f"train/{k}": float(v) / counts[k] for k, v in sums.items()})
         return res
 
+    def _grads_every_step(self) -> bool:
+        """``train.check_gradients``: flag every gradient at every step (``step``; ``auto`` on CUDA)
+        or only through the weights at each check (``check``; ``auto`` on the CPU)."""
+        mode = self.config.train.check_gradients
+        return mode == "step" or (mode == "auto" and self.device.type == "cuda")
+
     def check_finite(self) -> None:
         """Read back the pending NaN/Inf flags (one synchronisation) with the weights and buffers
         as they are now; raise :class:`bioprop.nonfinite.NonFiniteError` naming the first offender.
@@ -490,7 +502,9 @@ class Trainer:
         if not mon.enabled:
             return
         where = mon.where
-        mon.where = f"the check after {where} (weights are checked every train.check_every steps)"
+        mon.where = (f"the check after {where} (weights are checked every train.check_every steps"
+                     + ("" if self._grads_every_step() else
+                        ", gradients through them: train.check_gradients=step names the exact step") + ")")
         mon.watch_tensors("the weight", list(self.model.named_parameters()), _HINT_LR)
         mon.watch_tensors("the buffer", [(n, b) for n, b in self.model.named_buffers()
                                          if b.is_floating_point()], _HINT_LR)
