@@ -61,3 +61,20 @@ def test_a_shortened_schedule_is_labelled_against_the_recipe(monkeypatch):
     lines = tables.train_table().splitlines()[2:]
     assert "| 40 (schedule shortened from the recipe's 100) |" in lines[0]
     assert "| 100 |" in lines[1] and "shortened" not in lines[1]
+
+
+def test_two_routes_fidelity_replays_the_rules_noise_and_options():
+    """The torch side of benchmarks/fidelity_two_routes.py (no TensorFlow needed): for every case,
+    the noise replayed from the rule's generator gives exactly the B.grad of the rule's step (else
+    the reference would be fed other noise), and the reference-option cases use the options the
+    docs name."""
+    mod = _module("fidelity_two_routes")
+    cases = mod.cases()
+    assert {c["options"] for c in cases} == set(mod.DEVIATIONS)
+    assert mod.REFERENCE_OPTIONS == {"position_mean": False, "reg_bias": True, "noise_padding": "reference"}
+    for c in cases:
+        arrays, ours = mod.our_case(c, c["options"])  # raises if the replay differs from B.grad
+        if c["rule"] in ("wm", "ia"):
+            ring = c["kind"] == "conv" and c["stride"] > 1 and c["padding"] > 0
+            grow = 2 * c["padding"] if ring else 0
+            assert arrays["noise"].shape[-1] == arrays["x"].shape[-1] + grow
