@@ -78,3 +78,30 @@ def test_two_routes_fidelity_replays_the_rules_noise_and_options():
             ring = c["kind"] == "conv" and c["stride"] > 1 and c["padding"] > 0
             grow = 2 * c["padding"] if ring else 0
             assert arrays["noise"].shape[-1] == arrays["x"].shape[-1] + grow
+
+
+def test_figures_from_other_runs_come_from_published_json_with_their_sources(tmp_path, monkeypatch):
+    """Published accuracies and the reference codes' timings live in benchmarks/published.json,
+    each section naming its source; the tables read them from there (changing the file changes
+    the table) and call a quotient with such a figure a cross-run comparison, not a ratio."""
+    tables = _module("tables")
+    data = json.loads(tables.PUBLISHED_FILE.read_text())
+    sections = {k: v for k, v in data.items() if not k.startswith("_")}
+    assert set(sections) == {"accuracy", "ide_original_speed", "pc_reference_speed"}
+    for name, sec in sections.items():
+        assert sec.get("_source"), f"{name} names no source"
+    for config, entry in data["accuracy"].items():
+        if not config.startswith("_"):
+            assert entry["figure"] and entry["source"], config
+    changed = json.loads(json.dumps(data))
+    changed["pc_reference_speed"]["bp_ms"] = 1000.0
+    config = next(k for k in data["accuracy"] if not k.startswith("_"))
+    changed["accuracy"][config]["figure"] = "12.34 (planted)"
+    f = tmp_path / "published.json"
+    f.write_text(json.dumps(changed))
+    before = tables.pc_speed_table()
+    monkeypatch.setattr(tables, "PUBLISHED_FILE", f)
+    assert tables._published_accuracy(config) == "12.34 (planted)"
+    after = tables.pc_speed_table()
+    if "No results" not in before:
+        assert after != before and "cross-run, not a ratio" in after.splitlines()[0]
