@@ -593,6 +593,36 @@ def nonfinite_overhead_table(name: str = "nonfinite_overhead.jsonl") -> str:
     return ("\n".join(out) + f"\n\n{r['steps']} steps a round, {r['rounds']} interleaved rounds an arm, "
             f"{r['threads']} thread, {r['data']}; torch {r['torch']}, commit {r['commit']}. {r.get('note', '')}\n")
 
+_TWO_ROUTES_OPTIONS = {"reference": "the reference's options", "position_mean": "`position_mean: true` (ours)",
+                       "reg_bias": "`reg_bias: false` (ours)", "noise_padding": "`noise_padding: zeros` (ours)"}
+
+
+def two_routes_fidelity_table(name: str = "fidelity_two_routes.jsonl") -> str:
+    """The Two Routes rules against the TF reference (``benchmarks/fidelity_two_routes.py``): per
+    option set and rule, the largest relative difference of each compared quantity over the cases
+    (layers, with / without bias, batch centring on / off) of the newest run."""
+    rows = _newest_commit(_lines(name))
+    if not rows:
+        return f"_No results in benchmarks/results/{name} yet._\n"
+    groups: Dict[tuple, List[Dict]] = {}
+    for r in rows:
+        groups.setdefault((r["case"]["options"], r["case"]["rule"]), []).append(r)
+
+    def worst(rs, key):
+        vals = [r["max_rel"][key] for r in rs if key in r["max_rel"]]
+        return f"{max(vals):.1e}" if vals else "-"
+
+    out = ["| options | rule | cases | R | dR/dB (step) | dR/dB (autograd) | dR/dW | dW | dx | dB of the op | commit |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for (opt, rule), rs in groups.items():
+        out.append(f"| {_TWO_ROUTES_OPTIONS.get(opt, opt)} | {rule} | {len(rs)} | {worst(rs, 'loss')} | {worst(rs, 'dRdB')} "
+                   f"| {worst(rs, 'dRdB_autograd')} | {worst(rs, 'dRdW')} | {worst(rs, 'dW')} | {worst(rs, 'dx')} "
+                   f"| {worst(rs, 'dB_op')} | {rs[-1].get('commit') or '-'} |")
+    r0 = rows[0]
+    out += ["", f"Reference {r0['reference']}, TensorFlow {r0['tf_version']}, torch {r0['torch']}, {r0['dtype']}, "
+            f"device {r0['device']}; max |ours - ref| / max |ref| per tensor, largest over the cases."]
+    return "\n".join(out) + "\n"
+
 
 def results_markdown() -> str:
     return ("**Training runs** (`benchmarks/results/train.jsonl`, from `benchmarks/train_bench.py`)\n\n"
@@ -611,6 +641,11 @@ def results_markdown() -> str:
             + train_table("ablation_alexnet_bn.jsonl", published=False)
             + "\n**IDE vs BPTT on AlexNet-F: training images/s and peak memory against T** "
             "(`benchmarks/results/ide_memory.jsonl`, from `benchmarks/ide_memory.py`)\n\n" + ide_memory_table()
+            + "\n**Two Routes rules against the original TF code (neuroailab/Neural-Alignment)** "
+            "(`benchmarks/results/fidelity_two_routes.jsonl`, from `benchmarks/fidelity_two_routes.py`; one layer, "
+            "batch 6, the same weights, inputs, output gradient and noise on both sides; rows other than the "
+            "reference's options flip one option back to our default: deliberate differences, docs/methods/alignment.md)\n\n"
+            + two_routes_fidelity_table()
             + "\n**Two Routes rules on ResNet-20 / CIFAR-10 (JPEG q75 copy)** (`benchmarks/results/alignment_resnet20*.jsonl`, "
             "from the `methods` suite (rows at commit 1284030: training runs concurrent on one GPU) and the `gpu` suite "
             "(SA x10): step times measured one rule after the other on an idle GPU, one schedule for all: SGD 0.1, momentum 0.9, wd 5e-4, cosine, "

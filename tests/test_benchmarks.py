@@ -75,3 +75,46 @@ def test_nonfinite_overhead_benchmark_at_toy_size(tmp_path):
     assert set(rows) == {"off", "every50", "every50_step", "every1_step"}
     assert not rows["every50"]["gradients_flagged_every_step"] and rows["every50_step"]["gradients_flagged_every_step"]
     assert rows["off"]["overhead_per_step_median"] == 0 and all(r["median_per_step_ms"] > 0 for r in rows.values())
+
+def test_two_routes_fidelity_replays_the_rules_noise_and_options():
+    """The torch side of benchmarks/fidelity_two_routes.py (no TensorFlow needed): for every case,
+    the noise replayed from the rule's generator gives exactly the B.grad of the rule's step (else
+    the reference would be fed other noise), and the reference-option cases use the options the
+    docs name."""
+    mod = _module("fidelity_two_routes")
+    cases = mod.cases()
+    assert {c["options"] for c in cases} == set(mod.DEVIATIONS)
+    assert mod.REFERENCE_OPTIONS == {"position_mean": False, "reg_bias": True, "noise_padding": "reference"}
+    for c in cases:
+        arrays, ours = mod.our_case(c, c["options"])  # raises if the replay differs from B.grad
+        if c["rule"] in ("wm", "ia"):
+            ring = c["kind"] == "conv" and c["stride"] > 1 and c["padding"] > 0
+            grow = 2 * c["padding"] if ring else 0
+            assert arrays["noise"].shape[-1] == arrays["x"].shape[-1] + grow
+
+
+def test_figures_from_other_runs_come_from_published_json_with_their_sources(tmp_path, monkeypatch):
+    """Published accuracies and the reference codes' timings live in benchmarks/published.json,
+    each section naming its source; the tables read them from there (changing the file changes
+    the table) and call a quotient with such a figure a cross-run comparison, not a ratio."""
+    tables = _module("tables")
+    data = json.loads(tables.PUBLISHED_FILE.read_text())
+    sections = {k: v for k, v in data.items() if not k.startswith("_")}
+    assert set(sections) == {"accuracy", "ide_original_speed", "pc_reference_speed"}
+    for name, sec in sections.items():
+        assert sec.get("_source"), f"{name} names no source"
+    for config, entry in data["accuracy"].items():
+        if not config.startswith("_"):
+            assert entry["figure"] and entry["source"], config
+    changed = json.loads(json.dumps(data))
+    changed["pc_reference_speed"]["bp_ms"] = 1000.0
+    config = next(k for k in data["accuracy"] if not k.startswith("_"))
+    changed["accuracy"][config]["figure"] = "12.34 (planted)"
+    f = tmp_path / "published.json"
+    f.write_text(json.dumps(changed))
+    before = tables.pc_speed_table()
+    monkeypatch.setattr(tables, "PUBLISHED_FILE", f)
+    assert tables._published_accuracy(config) == "12.34 (planted)"
+    after = tables.pc_speed_table()
+    if "No results" not in before:
+        assert after != before and "cross-run, not a ratio" in after.splitlines()[0]

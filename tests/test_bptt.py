@@ -84,12 +84,34 @@ def test_bptt_rejects_ann():
 
 
 def test_spike_train_input_time_first():
-    m = create_model("spiking_mlp", in_shape=[4], hidden=[5], num_classes=2, time_steps=6)
-    x = (torch.rand(9, 3, 4) > 0.5).float()  # T=9 from the input, not the model's 6
+    m = create_model("spiking_mlp", in_shape=[4], hidden=[5], num_classes=2, time_steps=9)
+    x = (torch.rand(9, 3, 4) > 0.5).float()
     logits, rec = m.run(x)
     assert logits.shape == (3, 2) and rec.time_steps == 9
+    m.time_steps = 6  # the input's T=9 would be simulated, not the model's 6: refused
+    with pytest.raises(ValueError, match=r"T=9 time steps but model.time_steps=6"):
+        m.run(x)
     with pytest.raises(ValueError, match=r"\[B, 4\]"):
         m(torch.randn(3, 5))
+
+
+def test_bptt_time_steps_refuses_a_spike_input_of_another_t():
+    """A spike-train input sets T itself: ``rule.time_steps`` naming another T is refused by the
+    rule (naming the rule's field), not passed on to the model as if the model were misconfigured."""
+    import torch.nn.functional as F
+
+    from bioprop import create_rule
+
+    torch.manual_seed(0)
+    m = create_model("spiking_mlp", in_shape=[4], hidden=[5], num_classes=2, time_steps=6)
+    rule = create_rule("bptt", time_steps=2)
+    m = rule.prepare(m)
+    spikes, y = (torch.rand(6, 3, 4) < 0.5).float(), torch.tensor([0, 1, 0])
+    with pytest.raises(ValueError, match=r"bptt: rule.time_steps=2, but the spike-train input has T=6 time steps"):
+        rule.step(m, spikes, y, F.cross_entropy)
+    assert m.time_steps == 6
+    ok = create_rule("bptt", time_steps=6)
+    assert torch.isfinite(ok.step(ok.prepare(m), spikes, y, F.cross_entropy).loss)
 
 
 def test_bptt_time_steps_is_training_only():

@@ -63,12 +63,45 @@ def test_a_model_missing_one_part_gets_an_error_naming_that_part():
     assert blocks_of(nn.Sequential(nn.Linear(2, 2))) and satisfies(nn.Sequential, BlockModel)
 
 
+#: small configurations of the registered models that are slow at their defaults
+_SMALL = {"f400": dict(hidden=8), "f64c5": dict(channels=4), "alexnet_f": dict(channels=(2, 2, 2, 2, 2)),
+          "cifarnet_f": dict(channels=(2, 2, 2, 2, 2)), "resnet18": dict(), "tssl_cifar10_large": dict(arch="8C3-8"),
+          "tssl_cifar10_cnn": dict(arch="8C3-8")}
+#: every registered model with a ``time_steps`` field (the test below checks the list is complete)
+_TIMED_MODELS = ["spiking_mlp", "spiking_convnet", "tssl_mnist_cnn", "tssl_fmnist_mlp", "tssl_fmnist_cnn",
+                 "tssl_cifar10_cnn", "tssl_cifar10_large", "f400", "f64c5", "alexnet_f", "cifarnet_f", "emstdp_mlp"]
+
+
+def test_every_model_with_time_steps_is_in_the_spike_input_check():
+    timed = [n for n in MODELS.names() if getattr(create_model(n, **_SMALL.get(n, {})), "time_steps", None) is not None]
+    assert sorted(timed) == sorted(_TIMED_MODELS)
+
+
+@pytest.mark.parametrize("name", _TIMED_MODELS)
+def test_a_spike_input_whose_t_differs_from_model_time_steps_is_refused(name):
+    """Called directly (not through the trainer, which checks the config), a model given a spike
+    train ``[T, B, ...]`` of another T than its ``time_steps`` refuses it with the one-line error,
+    instead of silently simulating the input's T; the matching T runs. emstdp_mlp encodes images
+    itself and takes no spike-train input at all."""
+    torch.manual_seed(0)
+    model = create_model(name, **_SMALL.get(name, {})).eval()
+    T = model.time_steps
+    if name == "emstdp_mlp":
+        with pytest.raises(ValueError, match=r"does not match the expected \[B, 1, 28, 28\]"):
+            model(torch.zeros((T, 2) + tuple(model.in_shape)))
+        return
+    spikes = (torch.rand((T + 1, 2) + tuple(model.in_shape)) < 0.3).float()
+    with pytest.raises(ValueError, match=rf"the spike-train input has T={T + 1} time steps but "
+                                         rf"model.time_steps={T}; set model.time_steps={T + 1} "):
+        model(spikes)
+    with torch.no_grad():
+        assert model(spikes[:T]).shape[0] == 2
+
+
 def test_registered_classes_and_built_models_agree_on_their_protocols():
     """The suggestions come from the classes the registrations declare: they must say what the
     built models really are (runtime isinstance checks of the protocols)."""
-    small = {"f400": dict(hidden=8), "f64c5": dict(channels=4), "alexnet_f": dict(channels=(2, 2, 2, 2, 2)),
-             "cifarnet_f": dict(channels=(2, 2, 2, 2, 2)), "resnet18": dict(), "tssl_cifar10_large": dict(arch="8C3-8"),
-             "tssl_cifar10_cnn": dict(arch="8C3-8")}
+    small = _SMALL
     for name in MODELS.names():
         assert MODELS.returns(name) is not None, f"{name} is registered without returns="
         model = create_model(name, **small.get(name, {}))

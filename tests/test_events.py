@@ -119,3 +119,19 @@ def test_model_time_steps_must_match_the_spike_train(tmp_path):
         build_run(cfg(30), torch.device("cpu"))
     _, model, _ = build_run(cfg(6), torch.device("cpu"))
     assert model.time_steps == 6
+
+
+@pytest.mark.parametrize("key", ["time_steps", "bin_us", "start_us"])
+def test_the_binning_keys_are_nmnist_only(key):
+    """Every dataset but ``nmnist`` rejects the event-binning keys (they would be accepted and
+    ignored otherwise); ``nmnist`` takes them (its error is about the missing files, not the key)."""
+    from bioprop.data import DATASETS
+    from bioprop.config import ConfigError
+
+    others = [n for n in DATASETS.names() if n != "nmnist"]
+    assert {"mnist", "mnist_embedded", "cifar10", "fashion_mnist"} <= set(others)
+    for name in others:
+        with pytest.raises(ConfigError, match=rf"unknown config key dataset\[{name}\]\.'{key}'"):
+            create_dataset(name, **{key: 3})
+    with pytest.raises(DataError, match="no Train/ and Test/ folders"):
+        create_dataset("nmnist", data_dir="/nonexistent", **{key: 3})

@@ -412,8 +412,8 @@ def test_registered_models_parameter_counts_and_output_shapes(name):
         assert count_parameters(model) == n_params
         assert model.time_steps == 5 and model.tau_m == 5.0 and model.tau_s == 3.0
         assert rule.predict(model, torch.zeros(2, *in_shape)).shape == (2, 10)
-        a, rec = model.simulate(torch.zeros(3, 2, *in_shape), model.surrogate_neuron)  # time-first input
-    assert a.shape == (3, 2, 10) and rec.time_steps == 3
+        a, rec = model.simulate(torch.zeros(5, 2, *in_shape), model.surrogate_neuron)  # time-first input
+    assert a.shape == (5, 2, 10) and rec.time_steps == 5
     assert [e.dst for e in model.graph()] == model.layer_names()
     assert len(model.layer_names()) == len(EXPECTED_ARCH[name].split("-")) - EXPECTED_ARCH[name].count("P") + 1
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..metrics import synaptic_operations
 from ..neurons import LIF_IMPLS, NeuronParams, lif_multistep, lif_multistep_fused, spike_fn
-from .base import MODELS, Edge, SpikeRecord, check_input, conv_out, neuron_from
+from .base import MODELS, Edge, SpikeRecord, check_input, check_time_steps, conv_out, neuron_from
 
 __all__ = ["FeedforwardNet", "SpikingFeedforwardNet", "MLPConfig", "ConvNetConfig",
            "SpikingMLPConfig", "SpikingConvNetConfig"]
@@ -222,6 +222,8 @@ class SpikingFeedforwardNet(nn.Module):
     def run(self, x: torch.Tensor) -> Tuple[torch.Tensor, SpikeRecord]:
         """Simulate ``time_steps`` steps; return logits and the per-layer spike record."""
         timed = check_input(x, self.in_shape, type(self).__name__, allow_time=True)
+        if timed:  # the input's T is what runs: refuse a model.time_steps it would silently ignore
+            check_time_steps(type(self).__name__, x.shape[0], self.time_steps)
         T = x.shape[0] if timed else self.time_steps
         rec = SpikeRecord(time_steps=T, batch=x.shape[1] if timed else x.shape[0])
         if timed:

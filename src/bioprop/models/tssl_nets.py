@@ -51,7 +51,7 @@ from ..metrics import synaptic_operations
 from ..neurons import NeuronParams, spike_fn
 from ..neurons.psp import (Neuron, TSSLState, TSSLTrace, lif_psp_multistep, lif_psp_step, psp_filter,  # noqa: F401
                            psp_kernel, strict_heaviside)
-from .base import MODELS, Edge, SpikeRecord, check_input, conv_out
+from .base import MODELS, Edge, SpikeRecord, check_input, check_time_steps, conv_out
 
 __all__ = [
     "TSSLNet",
@@ -232,7 +232,8 @@ class TSSLNet(nn.Module):
         is linear without bias, so ``W a_in[t] = (1 - q^(t+1)) W x``: one convolution, not T.
         """
         timed = check_input(x, self.in_shape, type(self).__name__, allow_time=True)
-        if timed:
+        if timed:  # the input's T is what runs: refuse a model.time_steps it would silently ignore
+            check_time_steps(type(self).__name__, x.shape[0], self.time_steps)
             return self._apply_block(self.layers[0], psp_filter(x, self.tau_s))
         steps = torch.arange(1, self.time_steps + 1, dtype=x.dtype, device=x.device)
         coef = 1 - (1 - 1 / self.tau_s) ** steps

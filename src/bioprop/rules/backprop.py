@@ -38,9 +38,10 @@ class BPConfig:
 class BPTTConfig:
     """``time_steps`` overrides the model's number of simulation steps in training steps only
     (``None``: the model's own); evaluation (``predict``) keeps the model's ``time_steps``. A
-    spike-train input ``[T, B, ...]`` brings its own ``T``, which both use. ``cuda_graph``: on a GPU,
-    run the step as a captured CUDA graph (the model's neuron layers and loss must be capturable: no
-    host synchronisation). Off by default until ``test_bptt_cuda_graph_step_equals_eager_step`` has
+    spike-train input ``[T, B, ...]`` brings its own ``T``: the model refuses one whose ``T``
+    differs from its ``time_steps``, and this rule one whose ``T`` differs from ``time_steps``.
+    ``cuda_graph``: on a GPU, run the step as a captured CUDA graph (the model's neuron layers and
+    loss must be capturable: no host synchronisation). Off by default until ``test_bptt_cuda_graph_step_equals_eager_step`` has
     passed on a GPU."""
 
     time_steps: Optional[int] = None
@@ -91,6 +92,10 @@ class BPTT(Rule):
              scaler=None) -> StepOutput:
         T = self.config.time_steps
         own = model.time_steps
+        in_shape = getattr(model, "in_shape", None)
+        if T is not None and in_shape is not None and x.dim() == len(in_shape) + 2 and x.shape[0] != T:
+            raise ValueError(f"bptt: rule.time_steps={T}, but the spike-train input has T={x.shape[0]} time steps, "
+                             f"which set T themselves: leave rule.time_steps unset (or re-bin the input to {T} steps)")
         if T is not None:  # training only: the model's own T is restored for evaluation
             model.time_steps = T
         try:
