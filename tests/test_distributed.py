@@ -1,7 +1,9 @@
 """Multi-process training (torchrun, gloo on CPU, 2 processes): after k steps the weights equal one
-process trained on the concatenated batches (bp, fa, kp, pc, bptt, tssl); ide (whose F400 normalises with
-each shard's BatchNorm statistics) equals one process accumulating the shards' gradients; a
-2-process checkpoint resumes under 2 processes bit-identically, and not under another number."""
+process trained on the concatenated batches (bp, fa, kp, pc, bptt, tssl, and ide, whose feedback SNNs
+take their BatchNorm statistics over all ranks' shards: F400 with even and uneven shards, and a
+five-population AlexNet-F whose map, Jacobian and adjoint solve use batch statistics); the fixed-point
+solvers stop where one process solving the whole batch stops; a 2-process checkpoint resumes under 2
+processes bit-identically, and not under another number."""
 
 import os
 import subprocess
@@ -48,8 +50,11 @@ def _weights(run_dir):
     return state
 
 
-@pytest.mark.parametrize("rule", ["bp", "bp_uneven", "fa", "kp", "pc", "bptt", "tssl"])
+@pytest.mark.parametrize("rule", ["bp", "bp_uneven", "fa", "kp", "pc", "bptt", "tssl", "ide", "ide_uneven",
+                                  "ide_multi"])
 def test_two_processes_equal_one_process_on_the_concatenated_batch(two_process_runs, tmp_path, rule):
+    """Every parameter and buffer (for ide also the BatchNorms' running statistics, updated from the
+    global batch's statistics) after 3 steps."""
     cfg = dist_worker.configs(tmp_path)[rule]
     single = Trainer(cfg, log=_quiet)
     init = {k: v.clone() for k, v in single.model.state_dict().items()}
@@ -62,29 +67,24 @@ def test_two_processes_equal_one_process_on_the_concatenated_batch(two_process_r
     assert moved > 0
 
 
-def test_ide_two_processes_equal_shard_gradient_accumulation(two_process_runs, tmp_path):
-    """F400 normalises each rank's shard with that shard's BatchNorm statistics (as DDP without
-    SyncBatchNorm): the 2-process step is the sum over shards of (b_r/B) x the shard's gradient,
-    which one process reproduces by accumulating the two shards' gradients."""
-    cfg = dist_worker.configs(tmp_path)["ide"]
-    t = Trainer(cfg, log=_quiet)
-    loader = t.dataset.loader("train", t.device, seed=cfg.train.seed, epoch=0)
-    t.model.train()
-    for i, (x, y) in enumerate(loader):
-        if i >= cfg.train.max_steps_per_epoch:
-            break
-        t.optimizer.zero_grad(set_to_none=True)
-        B = y.shape[0]
-        for r in range(2):
-            a, b = shard_range(B, r, 2)
-            w = (b - a) / B
-            t.rule.step(t.model, x[a:b], y[a:b], lambda lg, yy, w=w: t.loss_fn(lg, yy) * w)
-        t.optimizer.step()
-        t.rule.after_step(t.model)
-        t.scheduler.step()
-    two = _weights(two_process_runs / "ide")
-    for k, p in t.model.named_parameters():
-        torch.testing.assert_close(two[k], p.detach(), rtol=1e-5, atol=1e-6, msg=lambda m: f"ide {k}: {m}")
+@pytest.mark.parametrize("solver", ["fixed_point", "anderson", "broyden"])
+def test_solvers_split_over_two_processes_stop_where_the_whole_batch_stops(two_process_runs, solver):
+    """Rank 0's rows contract fast, rank 1's slowly: with the residuals all-reduced, each rank runs
+    as many iterations as one process on the whole batch and returns its rows of that solution
+    (alone, rank 0 would stop far earlier)."""
+    from bioprop.equilibrium import solve
+
+    h, b = dist_worker.solver_problem()
+    one = solve(h, torch.zeros_like(b), solver=solver, max_iter=200, tol=1e-10, warn=False)
+    alone = solve(lambda x: h(x, slice(0, 4)), torch.zeros_like(b[:4]), solver=solver, max_iter=200, tol=1e-10,
+                  warn=False)
+    assert alone.iters < one.iters  # the problem does separate the shards
+    ranks = [torch.load(two_process_runs / f"solver_rank{r}.pt")[solver] for r in range(2)]
+    for r, rows in zip(ranks, (slice(0, 4), slice(4, 8))):
+        assert r["iters"] == one.iters
+        assert r["residual"] == pytest.approx(one.residual, rel=1e-9)
+        assert r["max_residual"] == pytest.approx(one.max_residual, rel=1e-9)
+        torch.testing.assert_close(r["x"], one.x[rows], rtol=1e-12, atol=1e-13)
 
 
 def test_two_process_checkpoint_resumes_bit_identically(two_process_runs):
