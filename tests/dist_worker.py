@@ -5,7 +5,7 @@
 First each rank solves its rows of :func:`solver_problem` with the residuals all-reduced; then it
 trains each configuration of :func:`configs` for a few steps with the real Trainer (rank 0
 writes the checkpoints), then the resume scenario: one run of 2 epochs, and one of 1 epoch
-resumed to 2 by a new Trainer from its checkpoint.
+resumed to 2 by a new Trainer from its checkpoint; last the meta-learner's runs (:func:`meta_runs`).
 """
 
 import sys
@@ -85,6 +85,39 @@ def solver_check(out):
     torch.save(res, Path(out) / f"solver_rank{D.rank()}.pt")
 
 
+def meta_pool():
+    """Six random 'classes' of twelve 10-pixel images (two held out)."""
+    from bioprop.meta import ClassPool
+
+    g = torch.Generator().manual_seed(0)
+    imgs = [torch.randint(0, 256, (12, 10), generator=g, dtype=torch.uint8) for _ in range(6)]
+    return ClassPool(imgs, [f"c{i}" for i in range(6)], [4, 5])
+
+
+def meta_config(run_dir, episodes=8, meta_batch=4):
+    """Meta-steps of 4 episodes (2 a rank), float64; evaluation of 3 held-out episodes every 4."""
+    from bioprop.meta import load_meta_config
+
+    m = {"M": 2, "K": 3, "Q": 2, "episodes": episodes, "meta_batch": meta_batch, "eval_every": 4,
+         "eval_episodes": 3, "test_episodes": 3, "save_every": 4, "dtype": "float64", "theta0": 0.05, "lr": 0.01}
+    over = [f"meta.{k}={v}" for k, v in m.items()]
+    over += ["plasticity.hidden=[5,4]", "plasticity.terms=[pseudo_grad,error_hebb,oja]", "progress=false"]
+    if run_dir is not None:
+        over.append(f"run_dir={run_dir}")
+    return load_meta_config(None, over)
+
+
+def meta_runs(out):
+    """The meta-learner under torchrun: one run of 2 meta-steps; a run of 3 meta-steps, and one of 2
+    resumed to 3 by a new learner from its checkpoint."""
+    from bioprop.meta import MetaLearner
+
+    MetaLearner(meta_config(out / "meta"), pool=meta_pool()).fit()
+    MetaLearner(meta_config(out / "meta_full", episodes=12), pool=meta_pool()).fit()
+    MetaLearner(meta_config(out / "meta_part", episodes=8), pool=meta_pool()).fit()
+    MetaLearner(meta_config(out / "meta_part", episodes=12), pool=meta_pool(), resume=True).fit()
+
+
 def main(out):
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -97,6 +130,7 @@ def main(out):
     Trainer(part, log=quiet).fit()
     _, part2 = resume_configs(out, 2)
     Trainer(part2, resume=True, log=quiet).fit()
+    meta_runs(out)
 
 
 if __name__ == "__main__":

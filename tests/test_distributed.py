@@ -3,8 +3,11 @@ process trained on the concatenated batches (bp, fa, kp, pc, bptt, tssl, and ide
 take their BatchNorm statistics over all ranks' shards: F400 with even and uneven shards, and a
 five-population AlexNet-F whose map, Jacobian and adjoint solve use batch statistics); the fixed-point
 solvers stop where one process solving the whole batch stops; a 2-process checkpoint resumes under 2
-processes bit-identically, and not under another number."""
+processes bit-identically, and not under another number. The meta-plasticity learner shares each
+meta-step's episodes between the processes: theta equals one process with the same meta-batch, and a
+2-process meta checkpoint resumes bit-identically."""
 
+import json
 import os
 import subprocess
 import sys
@@ -114,3 +117,64 @@ def test_all_reduce_grads_is_a_noop_without_a_process_group():
     p.grad = torch.full((3,), 2.0)
     all_reduce_grads([p], weight=0.25)
     assert torch.equal(p.grad, torch.full((3,), 2.0))
+
+
+# ---- the meta-plasticity learner: episodes in parallel ------------------------------------------
+def _meta_state(run_dir):
+    import json
+
+    w = _weights(Path(run_dir) / "checkpoints")
+    rows = [json.loads(l) for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return w["theta"], rows, json.loads((Path(run_dir) / "result.json").read_text())
+
+
+def test_meta_two_processes_equal_one_process_with_the_same_meta_batch(two_process_runs, tmp_path):
+    from bioprop.meta import MetaLearner
+
+    single = MetaLearner(dist_worker.meta_config(tmp_path / "one"), pool=dist_worker.meta_pool())
+    theta0 = single.theta.detach().clone()
+    res1 = single.fit()
+    theta2, rows2, res2 = _meta_state(two_process_runs / "meta")
+    assert not torch.equal(single.theta.detach(), theta0)
+    torch.testing.assert_close(theta2, single.theta.detach(), rtol=1e-10, atol=1e-13)
+    rows1 = [json.loads(l) for l in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    # rank 0 alone wrote: one line a meta-step (episodes 4 and 8) and one a held-out evaluation
+    assert [(r["kind"], r["episode"]) for r in rows2] == [(r["kind"], r["episode"]) for r in rows1] == [
+        ("eval", 0), ("train", 4), ("eval", 4), ("train", 8), ("eval", 8)]
+    for r1, r2 in zip(rows1, rows2):
+        for k in ("meta_loss", "query_ce", "query_acc", "acc", "ce", "angle_l1", "angle_l2"):
+            if k in r1:
+                assert r2[k] == pytest.approx(r1[k], rel=1e-9, abs=1e-12), (r1["kind"], r1["episode"], k)
+        for term, g in r1.get("theta_grad", {}).items():
+            assert r2["theta_grad"][term] == pytest.approx(g, rel=1e-9, abs=1e-15)
+    for phase in ("heldout", "train_classes"):
+        assert res2[phase]["episodes"] == res1[phase]["episodes"] == 3
+        assert res2[phase]["acc"] == pytest.approx(res1[phase]["acc"], rel=1e-12)
+
+
+def test_meta_two_process_checkpoint_resumes_bit_identically(two_process_runs):
+    full, rows_full, _ = _meta_state(two_process_runs / "meta_full")
+    part, rows_part, _ = _meta_state(two_process_runs / "meta_part")
+    assert torch.equal(full, part)
+    assert rows_full == rows_part and [r["episode"] for r in rows_full if r["kind"] == "train"] == [4, 8, 12]
+
+
+def test_meta_batch_is_the_mean_of_its_episodes_meta_gradients(tmp_path):
+    """One process, meta_batch 2: the first step's meta-gradient is the mean of episodes 0 and 1's."""
+    from bioprop.meta import MetaLearner
+
+    learner = MetaLearner(dist_worker.meta_config(None, episodes=2, meta_batch=2), pool=dist_worker.meta_pool())
+    th = learner.theta.detach().clone().requires_grad_(True)
+    grads = [torch.autograd.grad(learner.meta_loss(th, "train", i)[0], th)[0] for i in (0, 1)]
+    line = learner.train_episode()
+    assert line["episode"] == 2 and learner.episode == 2
+    got = torch.tensor(list(line["theta_grad"].values()), dtype=torch.float64)
+    torch.testing.assert_close(got, (grads[0] + grads[1]) / 2, rtol=1e-12, atol=1e-15)
+    assert not torch.allclose(grads[0], grads[1])
+
+
+def test_meta_batch_errors_are_one_line():
+    from bioprop.meta import MetaLearner
+
+    with pytest.raises(ValueError, match="meta_batch must be >= 1 and divide meta.episodes"):
+        MetaLearner(dist_worker.meta_config(None, episodes=6, meta_batch=4), pool=dist_worker.meta_pool())
