@@ -178,3 +178,24 @@ def test_meta_batch_errors_are_one_line():
 
     with pytest.raises(ValueError, match="meta_batch must be >= 1 and divide meta.episodes"):
         MetaLearner(dist_worker.meta_config(None, episodes=6, meta_batch=4), pool=dist_worker.meta_pool())
+
+
+# ---- backend choice (NCCL itself is not tested here: no GPU) -------------------------------------
+@pytest.mark.parametrize("device,cuda,backend,expect", [
+    ("cpu", True, "gloo", "cpu"), ("auto", False, "gloo", "cpu"),
+    ("cuda", True, "nccl", "cuda:1"), ("auto", True, "nccl", "cuda:1"), ("cuda:0", True, "nccl", "cuda:0")])
+def test_init_from_env_picks_nccl_on_cuda_and_gloo_on_cpu(monkeypatch, device, cuda, backend, expect):
+    """Under torchrun's variables (WORLD_SIZE 2, LOCAL_RANK 1) the process group's backend follows the
+    run's device; a CUDA rank sits on cuda:LOCAL_RANK unless a device index is given."""
+    from bioprop import distributed as D
+
+    calls = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, timeout: calls.update(backend=backend))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.update(device=str(d)))
+    dev = D.init_from_env(device)
+    assert calls["backend"] == backend and str(dev) == expect
+    assert calls.get("device", "cpu") == expect

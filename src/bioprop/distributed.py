@@ -177,8 +177,11 @@ def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
     if op not in ("sum", "max"):
         raise ValueError(f"all_reduce: op must be 'sum' or 'max', got {op!r}")
     out = t.detach().clone()
+    nccl_host = dist.get_backend() == "nccl" and out.device.type != "cuda"  # NCCL reduces CUDA tensors only
+    if nccl_host:
+        out = out.to(torch.device("cuda", torch.cuda.current_device()))
     dist.all_reduce(out, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
-    return out
+    return out.to(t.device) if nccl_host else out
 
 
 class _SumOverRanks(torch.autograd.Function):
