@@ -199,3 +199,35 @@ def test_init_from_env_picks_nccl_on_cuda_and_gloo_on_cpu(monkeypatch, device, c
     dev = D.init_from_env(device)
     assert calls["backend"] == backend and str(dev) == expect
     assert calls.get("device", "cpu") == expect
+
+
+# ---- the global BatchNorm's arithmetic, in a world of one ----------------------------------------
+def test_global_batch_norm_arithmetic_equals_f_batch_norm(monkeypatch):
+    """The all-rank path of ``distributed.batch_norm`` (two-pass moments, running statistics with the
+    unbiased variance, the weighted backward) run with a one-rank 'all-reduce' equals
+    ``F.batch_norm`` in float64: output, running statistics and gradients. Without a process group
+    ``batch_norm`` is ``F.batch_norm`` itself, bitwise."""
+    import torch.nn.functional as F
+
+    from bioprop import distributed as D
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(6, 3, 4, 4, generator=g, dtype=torch.float64) * 3 + 1
+    w, b = torch.rand(3, generator=g, dtype=torch.float64) + 0.5, torch.randn(3, generator=g, dtype=torch.float64)
+    probe = torch.randn(6, 3, 4, 4, generator=g, dtype=torch.float64)
+
+    def run(fn):
+        zz, ww, bb = (t.clone().requires_grad_(True) for t in (z, w, b))
+        rm, rv = torch.full((3,), 0.5, dtype=torch.float64), torch.full((3,), 2.0, dtype=torch.float64)
+        out = fn(zz, rm, rv, ww, bb, True, 0.1, 1e-5)
+        (out * probe).sum().backward()
+        return out.detach(), rm, rv, zz.grad, ww.grad, bb.grad
+
+    ref = run(F.batch_norm)
+    for got, want in zip(run(D.batch_norm), ref):  # no process group: F.batch_norm itself
+        assert torch.equal(got, want)
+    monkeypatch.setattr(D, "is_distributed", lambda: True)
+    monkeypatch.setattr(dist, "get_backend", lambda *a: "gloo")
+    monkeypatch.setattr(dist, "all_reduce", lambda t, op=None: None)  # one rank: the sum is the tensor
+    for name, got, want in zip(("out", "running_mean", "running_var", "dz", "dw", "db"), run(D.batch_norm), ref):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12, msg=lambda m: f"{name}: {m}")

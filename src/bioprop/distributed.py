@@ -248,6 +248,8 @@ def batch_norm(z: torch.Tensor, running_mean: Optional[torch.Tensor], running_va
     process. Not distributed, or not training: exactly ``F.batch_norm`` (the same call)."""
     if not (training and is_distributed()):
         return torch.nn.functional.batch_norm(z, running_mean, running_var, weight, bias, training, momentum, eps)
+    if z.dtype in (torch.float16, torch.bfloat16):  # as autocast runs batch_norm: in fp32
+        z = z.float()
     dims = [0] + list(range(2, z.dim()))
     mean, var, n = _moments(z, dims)
     if running_mean is not None and running_var is not None:
