@@ -8,7 +8,8 @@ embedded MNIST subset for 2 short epochs (``max_steps_per_epoch``, labelled shor
 is the last epoch's ``train_images_per_s`` that rank 0 logs (all ranks' images over rank 0's epoch
 wall time: start-up and the first epoch's warm-up excluded). One thread per process
 (``OMP_NUM_THREADS=1``). Rows go to ``benchmarks/results/distributed.jsonl``. On a GPU machine run
-it with ``--device cuda --nproc <GPUs>``.
+it with ``--device cuda --nproc <GPUs>`` (the NCCL path: untested until then).
+Pass ``--note`` to record the machine's load next to the figures.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import torch
 CONFIGS = {
     "mlp_bp": ["model=mlp", "model.hidden=[800,800]", "rule=bp"],
     "spiking_mlp_bptt": ["model=spiking_mlp", "model.hidden=[400]", "model.time_steps=8", "rule=bptt"],
+    # global BatchNorm statistics and an all-reduce per adjoint-solver iteration under torchrun
+    "f400_ide": ["model=f400", "rule=ide"],
 }
 
 

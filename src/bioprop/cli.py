@@ -7,6 +7,7 @@
     bioprop bench SUITE [--list] [--dry-run] [...]   (a source checkout's benchmarks/suites.yaml)
     bioprop plot RUN_DIR [RUN_DIR ...] [--out FIG.png]
     bioprop meta --config FILE [--resume] [--data-dir DIR] [--run-dir DIR] [--plot] [section.key=value ...]
+    torchrun --nproc_per_node=N -m bioprop meta ... meta.meta_batch=M   (episodes of a meta-step shared)
 
 ``bioprop train`` with no arguments trains the packaged default config on the embedded data.
 
@@ -237,8 +238,12 @@ def _cmd_meta(args: argparse.Namespace) -> int:
     if args.run_dir:
         overrides.append(f"run_dir={args.run_dir}")
     config = load_meta_config(args.config, overrides)
-    learner = MetaLearner(config, resume=args.resume)
+    from .distributed import is_main
+
+    learner = MetaLearner(config, resume=args.resume)  # under torchrun: joins the group, shares episodes
     result = learner.fit()
+    if not is_main():  # under torchrun, rank 0 alone reports
+        return 0
     if args.plot and learner.run_dir is not None and learner.episode > 0:
         from .meta.plot import plot_run
 

@@ -20,8 +20,12 @@ DDP does too, minus the overlap of communication with the backward pass.
 
 BatchNorm: with per-rank batch statistics (the default, as DDP without SyncBatchNorm) the result
 is the average of per-shard gradients, not the concatenated batch's. ``train.sync_bn`` converts
-``nn.BatchNorm*d`` modules to ``nn.SyncBatchNorm`` (CUDA only in PyTorch); a model that computes
-batch statistics itself (IDE's feedback SNNs) can use :func:`batch_moments`.
+``nn.BatchNorm*d`` modules to ``nn.SyncBatchNorm`` (CUDA only in PyTorch). A model that applies
+its BatchNorms functionally (IDE's feedback SNNs) calls :func:`batch_norm` / :func:`batch_moments`:
+the global batch's statistics on any backend, with gradients weighted for the reduction above
+(:class:`_SumOverRanks`), and exactly ``F.batch_norm`` in a single process. A computation whose
+control flow depends on the whole batch (a fixed-point solver's batch residual) reduces it with
+:func:`all_reduce`, so that every rank decides alike.
 
 Uses nothing of bioprop (a bottom-floor module).
 """
@@ -46,7 +50,9 @@ __all__ = [
     "shard_range",
     "all_reduce_grads",
     "all_reduce_sum",
+    "all_reduce",
     "batch_moments",
+    "batch_norm",
     "broadcast_object",
     "gather_objects",
     "barrier",
@@ -162,23 +168,104 @@ def all_reduce_sum(values: Sequence[torch.Tensor]) -> List[torch.Tensor]:
     return out
 
 
-def batch_moments(z: torch.Tensor, dims: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Mean and (biased) variance of ``z`` over ``dims`` and over the batches of all ranks, with
-    gradients (what a model that computes BatchNorm statistics itself calls for synchronised
-    BatchNorm). Not distributed: ``z.mean(dims)``, ``z.var(dims, unbiased=False)``."""
+def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """A new tensor: ``t`` summed (``op='sum'``) or its elementwise maximum (``'max'``) over ranks;
+    ``t`` itself when not distributed (no copy: a single process computes exactly what it did
+    without this call). No gradient."""
     if not is_distributed():
-        return z.mean(dims), z.var(dims, unbiased=False)
-    import torch.distributed.nn.functional as dfn
+        return t
+    if op not in ("sum", "max"):
+        raise ValueError(f"all_reduce: op must be 'sum' or 'max', got {op!r}")
+    out = t.detach().clone()
+    nccl_host = dist.get_backend() == "nccl" and out.device.type != "cuda"  # NCCL reduces CUDA tensors only
+    if nccl_host:
+        out = out.to(torch.device("cuda", torch.cuda.current_device()))
+    dist.all_reduce(out, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return out.to(t.device) if nccl_host else out
 
+
+class _SumOverRanks(torch.autograd.Function):
+    """``s = sum_r x_r`` over ranks, with the backward that data-parallel training needs.
+
+    The trainer combines ``g = sum_r w_r g_r`` (``w_r = b_r / B``, ``g_r`` the gradient of rank
+    ``r``'s mean loss ``L_r``): the gradient of ``L = sum_r w_r L_r``. A statistic shared by all
+    ranks receives ``dL/ds = sum_q w_q dL_q/ds``; rank ``r``'s parameter gradient, later scaled by
+    ``w_r``, must carry ``dL/ds * ds_r/dtheta``, so the backward on rank ``r`` returns
+    ``(sum_q w_q dL_q/ds) / w_r`` (with equal shards: the plain sum, as
+    ``torch.distributed.nn.all_reduce``; with unequal ones the plain sum would be wrong)."""
+
+    @staticmethod
+    def forward(ctx, x, w):  # type: ignore[override]
+        ctx.w = float(w)
+        out = x.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        g = (g * ctx.w).contiguous()
+        dist.all_reduce(g, op=dist.ReduceOp.SUM)
+        return (g / ctx.w if ctx.w > 0 else torch.zeros_like(g)), None
+
+
+def _moments(z: torch.Tensor, dims: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor, float]:
+    """Mean, biased variance (two passes: ``mean((z - mean)^2)``) and element count over ``dims``
+    of the batches of all ranks, differentiable (gradients as :class:`_SumOverRanks`)."""
     count = 1
     for d in dims:
         count *= z.shape[d]
-    s1 = z.sum(dims)
-    s2 = (z * z).sum(dims)
-    cnt = torch.tensor(float(count), device=z.device, dtype=z.dtype)
-    s1, s2, cnt = dfn.all_reduce(s1), dfn.all_reduce(s2), dfn.all_reduce(cnt)
-    mean = s1 / cnt
-    return mean, s2 / cnt - mean * mean
+    total = float(all_reduce(torch.tensor([float(count)], dtype=torch.float64)).item())
+    w = count / total
+    mean = _SumOverRanks.apply(z.sum(dims), w) / total
+    shape = [1] * z.dim()
+    keep = [d for d in range(z.dim()) if d not in {d % z.dim() for d in dims}]
+    for d in keep:
+        shape[d] = z.shape[d]
+    c = z - mean.reshape(shape)
+    var = _SumOverRanks.apply((c * c).sum(dims), w) / total
+    return mean, var, total
+
+
+def batch_moments(z: torch.Tensor, dims: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Mean and (biased) variance of ``z`` over ``dims`` and over the batches of all ranks, with
+    gradients (what a model that computes BatchNorm statistics itself calls for synchronised
+    BatchNorm). The gradients assume the trainer's reduction: each rank's loss is the mean over
+    its shard and the ranks' gradients are combined with weights ``b_r / B`` (see
+    :class:`_SumOverRanks`). Not distributed: ``z.mean(dims)``, ``z.var(dims, unbiased=False)``."""
+    if not is_distributed():
+        return z.mean(dims), z.var(dims, unbiased=False)
+    mean, var, _ = _moments(z, dims)
+    return mean, var
+
+
+def batch_norm(z: torch.Tensor, running_mean: Optional[torch.Tensor], running_var: Optional[torch.Tensor],
+               weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None, training: bool = False,
+               momentum: float = 0.1, eps: float = 1e-5) -> torch.Tensor:
+    """``torch.nn.functional.batch_norm`` with the batch statistics of all ranks (synchronised
+    BatchNorm on any device and backend, gloo included): in training, normalise with the global
+    batch's mean and biased variance (:func:`batch_moments`, with gradients) and move the running
+    statistics towards the global mean and unbiased variance, as ``F.batch_norm`` does for one
+    process. Not distributed, or not training: exactly ``F.batch_norm`` (the same call)."""
+    if not (training and is_distributed()):
+        return torch.nn.functional.batch_norm(z, running_mean, running_var, weight, bias, training, momentum, eps)
+    if z.dtype in (torch.float16, torch.bfloat16):  # as autocast runs batch_norm: in fp32
+        z = z.float()
+    dims = [0] + list(range(2, z.dim()))
+    mean, var, n = _moments(z, dims)
+    if running_mean is not None and running_var is not None:
+        if momentum is None:
+            raise ValueError("batch_norm: momentum=None (cumulative averages) is not supported across ranks")
+        with torch.no_grad():
+            running_mean.mul_(1 - momentum).add_(mean.detach().to(running_mean.dtype), alpha=momentum)
+            unbiased = var.detach() * (n / max(n - 1.0, 1.0))
+            running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+    shape = [1, -1] + [1] * (z.dim() - 2)
+    out = (z - mean.view(shape)) * torch.rsqrt(var.view(shape) + eps)
+    if weight is not None:
+        out = out * weight.view(shape)
+    if bias is not None:
+        out = out + bias.view(shape)
+    return out
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:

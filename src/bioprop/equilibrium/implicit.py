@@ -16,7 +16,7 @@ from typing import Callable, List, Optional
 
 import torch
 
-from .solvers import SolverResult, solve
+from .solvers import Reduce, SolverResult, solve
 
 __all__ = ["implicit", "adjoint_solve", "jacobian_vjp"]
 
@@ -33,8 +33,10 @@ def jacobian_vjp(f_out: torch.Tensor, a_in: torch.Tensor) -> Callable[[torch.Ten
 
 def adjoint_solve(vjp: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, solver: str = "broyden",
                   max_iter: int = 30, tol: float = 1e-4, strict: bool = False, warn: bool = True,
-                  memory: Optional[int] = None, batched: bool = True) -> SolverResult:
-    """Solve ``(I - J^T) g = b``, i.e. ``g = J^T g + b``, from ``g0 = b``; residuals relative to ``||b||``.
+                  memory: Optional[int] = None, batched: bool = True,
+                  reduce: Optional[Reduce] = None) -> SolverResult:
+    """Solve ``(I - J^T) g = b``, i.e. ``g = J^T g + b``, from ``g0 = b``; residuals relative to ``||b||``
+    (``reduce``: of all processes' samples, see :func:`~bioprop.equilibrium.solvers.solve`).
 
     Autocast is switched off for the solve: a backward pass run inside an autocast region would
     otherwise evaluate the vector-Jacobian products in bf16/fp16, whose rounding (about 1e-3)
@@ -42,7 +44,7 @@ def adjoint_solve(vjp: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, 
     with torch.enable_grad(), torch.autocast(b.device.type, enabled=False):
         return solve(lambda g: vjp(g) + b, b.clone(), solver=solver, max_iter=max_iter, tol=tol,
                      strict=strict, warn=warn, what="adjoint system (I - J^T) g = dL/da", scale=b,
-                     memory=memory, batched=batched)
+                     memory=memory, batched=batched, reduce=reduce)
 
 
 class _Implicit(torch.autograd.Function):
@@ -62,7 +64,7 @@ class _Implicit(torch.autograd.Function):
 def implicit(z: torch.Tensor, a_star: torch.Tensor, vjp: Callable[[torch.Tensor], torch.Tensor],
              solver: str = "broyden", max_iter: int = 30, tol: float = 1e-4, strict: bool = False,
              warn: bool = True, log: Optional[List[SolverResult]] = None,
-             memory: Optional[int] = None, batched: bool = True) -> torch.Tensor:
+             memory: Optional[int] = None, batched: bool = True, reduce: Optional[Reduce] = None) -> torch.Tensor:
     """Value ``a_star``; gradient: solve ``(I - J^T) g = dL/da*`` with ``vjp`` and back-propagate
     ``g`` through ``z = f(a_star; theta)``. Each solve's :class:`SolverResult` is appended to ``log``.
 
@@ -71,5 +73,5 @@ def implicit(z: torch.Tensor, a_star: torch.Tensor, vjp: Callable[[torch.Tensor]
     if z.shape != a_star.shape:
         raise ValueError(f"implicit: z {tuple(z.shape)} and a* {tuple(a_star.shape)} differ in shape")
     options = dict(solver=solver, max_iter=max_iter, tol=tol, strict=strict, warn=warn, memory=memory,
-                   batched=batched)
+                   batched=batched, reduce=reduce)
     return _Implicit.apply(z, a_star, vjp, options, log)

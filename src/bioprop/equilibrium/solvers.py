@@ -3,7 +3,8 @@
 All solvers treat ``x`` as ``[B, ...]``: each sample is its own problem (inner products are per
 sample), and the reported residual is the relative residual of the whole batch,
 ``||h(x) - x|| / ||scale||`` over all samples (``scale`` defaults to ``h(x0)``; it is ``b`` for the
-adjoint system below), plus the worst per-sample value.
+adjoint system below), plus the worst per-sample value. When the batch is split over processes
+(``reduce``), "the whole batch" is every process's samples together.
 
 They are used for IDE's adjoint system ``(I - J^T) g = b``, i.e. the fixed point
 ``g = J^T g + b``, which needs only vector-Jacobian products ``v -> J^T v``:
@@ -35,6 +36,9 @@ __all__ = ["SolverResult", "SolverError", "SolverWarning", "fixed_point", "ander
            "SOLVERS"]
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
+#: ``reduce(t, op)``: ``t`` summed (``op='sum'``) or maximised (``'max'``) over the processes that
+#: each solve a part of the batch (:func:`bioprop.distributed.all_reduce`); ``None``: one process
+Reduce = Callable[[torch.Tensor, str], torch.Tensor]
 
 
 class SolverError(RuntimeError):
@@ -64,11 +68,17 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
 
 
 class _Tracker:
-    """Keeps the lowest-residual iterate; residuals relative to ``||h(x0)||`` (batch and per sample)."""
+    """Keeps the lowest-residual iterate; residuals relative to ``||h(x0)||`` (batch and per sample).
 
-    def __init__(self, ref: torch.Tensor):
+    ``reduce``: the batch is split over processes (data-parallel training); the batch residual and
+    the worst sample are then those of the whole batch (an all-reduce of the squared norms and of
+    the maximum), so every process takes the same decisions (stop, keep the best iterate) at the
+    same iteration as one process solving the whole batch; per-sample work is unchanged."""
+
+    def __init__(self, ref: torch.Tensor, reduce: Optional[Reduce] = None):
         r = _flat(ref)
-        self.den = r.norm().clamp_min(1e-30)
+        self.reduce = reduce
+        self.den = self._norm(r).clamp_min(1e-30)
         self.den_s = r.norm(dim=1).clamp_min(1e-30)
         self.best: Optional[torch.Tensor] = None
         self.best_res = math.inf
@@ -77,14 +87,20 @@ class _Tracker:
         # (an Inf scale would report 0): such a system is never reported converged
         self.finite_scale = bool(torch.isfinite(self.den))
 
+    def _norm(self, g: torch.Tensor) -> torch.Tensor:
+        if self.reduce is None:
+            return g.norm()
+        return self.reduce(g.pow(2).sum(), "sum").sqrt()
+
     def update(self, x: torch.Tensor, gx: torch.Tensor) -> float:
         g = _flat(gx)
-        res = float(g.norm() / self.den)
+        res = float(self._norm(g) / self.den)
         if not math.isfinite(res):
             return res
         if res < self.best_res:
             self.best_res = res
-            self.best_max = float((g.norm(dim=1) / self.den_s).max())
+            worst = (g.norm(dim=1) / self.den_s).max()
+            self.best_max = float(worst if self.reduce is None else self.reduce(worst, "max"))
             self.best = x.detach().clone()
         return res
 
@@ -98,12 +114,12 @@ def _result(tr: _Tracker, x0: torch.Tensor, iters: int, tol: float, name: str) -
 
 @torch.no_grad()
 def fixed_point(h: Fn, x0: torch.Tensor, max_iter: int = 30, tol: float = 1e-4,
-                scale: Optional[torch.Tensor] = None) -> SolverResult:
+                scale: Optional[torch.Tensor] = None, reduce: Optional[Reduce] = None) -> SolverResult:
     """Plain iteration ``x <- h(x)`` until ``||h(x) - x|| / ||scale|| <= tol`` (at most
-    ``max_iter`` evaluations of ``h``)."""
+    ``max_iter`` evaluations of ``h``; ``reduce``: residuals over all processes' samples)."""
     x = x0
     hx = h(x)
-    tr = _Tracker(hx if scale is None else scale)
+    tr = _Tracker(hx if scale is None else scale, reduce)
     k = 1
     while True:
         res = tr.update(x, hx - x)
@@ -116,7 +132,8 @@ def fixed_point(h: Fn, x0: torch.Tensor, max_iter: int = 30, tol: float = 1e-4,
 
 @torch.no_grad()
 def anderson(h: Fn, x0: torch.Tensor, max_iter: int = 30, tol: float = 1e-4, m: int = 5,
-             beta: float = 1.0, lam: float = 1e-4, scale: Optional[torch.Tensor] = None) -> SolverResult:
+             beta: float = 1.0, lam: float = 1e-4, scale: Optional[torch.Tensor] = None,
+             reduce: Optional[Reduce] = None) -> SolverResult:
     """Anderson acceleration of ``x = h(x)`` (per sample), memory ``m``, mixing ``beta``,
     Tikhonov regularisation ``lam`` (relative to the mean squared residual of the history) of the
     small least-squares problem ``min ||sum_i alpha_i G_i||, sum_i alpha_i = 1``."""
@@ -128,7 +145,7 @@ def anderson(h: Fn, x0: torch.Tensor, max_iter: int = 30, tol: float = 1e-4, m: 
     Fh = torch.zeros(B, m, n, dtype=dt, device=x0.device)
     X[:, 0] = _flat(x0)
     Fh[:, 0] = _flat(h(x0))
-    tr = _Tracker(Fh[:, 0] if scale is None else scale)
+    tr = _Tracker(Fh[:, 0] if scale is None else scale, reduce)
     tr.update(X[:, 0].reshape(shape), Fh[:, 0] - X[:, 0])
     if tr.best_res <= tol or max_iter <= 1:
         return _result(tr, x0, 1, tol, "anderson")
@@ -249,7 +266,8 @@ class _BatchedHistory:
 
 @torch.no_grad()
 def broyden(h: Fn, x0: torch.Tensor, max_iter: int = 30, tol: float = 1e-4, memory: int = 30,
-            scale: Optional[torch.Tensor] = None, batched: bool = True) -> SolverResult:
+            scale: Optional[torch.Tensor] = None, batched: bool = True,
+            reduce: Optional[Reduce] = None) -> SolverResult:
     """Limited-memory good Broyden on ``G(x) = h(x) - x`` (per sample).
 
     The inverse Jacobian estimate is ``H = -I + sum_i u_i v_i^T``; each step ``x <- x - H G(x)``
@@ -266,7 +284,7 @@ def broyden(h: Fn, x0: torch.Tensor, max_iter: int = 30, tol: float = 1e-4, memo
 
     x = _flat(x0).clone()
     gx = G(x)
-    tr = _Tracker(gx + x if scale is None else scale)  # default: h(x0)
+    tr = _Tracker(gx + x if scale is None else scale, reduce)  # default: h(x0)
     res = tr.update(x.reshape(shape), gx)
     iters = 1
     hist = (_BatchedHistory if batched else _ListHistory)(x, min(memory, max(1, max_iter)))
@@ -295,13 +313,18 @@ SOLVERS = {"broyden": broyden, "anderson": anderson, "fixed_point": fixed_point}
 
 def solve(h: Fn, x0: torch.Tensor, solver: str = "broyden", max_iter: int = 30, tol: float = 1e-4,
           strict: bool = False, warn: bool = True, what: str = "fixed point",
-          scale: Optional[torch.Tensor] = None, memory: Optional[int] = None, batched: bool = True) -> SolverResult:
+          scale: Optional[torch.Tensor] = None, memory: Optional[int] = None, batched: bool = True,
+          reduce: Optional[Reduce] = None) -> SolverResult:
     """Run ``solver`` on ``x = h(x)``; if it misses ``tol``, raise :class:`SolverError` when
     ``strict`` else (when ``warn``) issue a :class:`SolverWarning` naming the residual.
 
     ``memory``: the history length of Broyden (rank-one updates kept) or Anderson (``m``);
     ignored by plain iteration; ``None`` keeps each solver's default (Broyden 30, Anderson 5).
-    ``batched``: Broyden's history in batched buffers (``False``: the plain reference loop)."""
+    ``batched``: Broyden's history in batched buffers (``False``: the plain reference loop).
+    ``reduce``: the batch is split over processes (data-parallel training): the residuals, hence
+    the stopping decision and the choice of the best iterate, are the whole batch's
+    (:class:`_Tracker`), so each process returns its rows of the single-process solution and all
+    evaluate ``h`` equally often (``h`` may itself communicate, e.g. synchronised BatchNorm)."""
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {sorted(SOLVERS)}")
     if max_iter < 1:
@@ -314,6 +337,8 @@ def solve(h: Fn, x0: torch.Tensor, solver: str = "broyden", max_iter: int = 30, 
             opts["memory"] = int(memory)
         elif solver == "anderson":
             opts["m"] = max(2, int(memory))
+    if reduce is not None:
+        opts["reduce"] = reduce
     r = SOLVERS[solver](h, x0, max_iter=max_iter, tol=tol, scale=scale, **opts)
     if not r.converged:
         if not math.isfinite(r.residual):

@@ -9,6 +9,16 @@ Each episode (Shervani-Tabar & Rosenbaum 2023; REFERENCES.md section 6):
 4. one Adam step on theta, with the meta-gradient taken through the whole unrolled inner loop
    (optionally gradient-checkpointed every ``inner_checkpoint`` steps).
 
+A meta-step takes ``meta.meta_batch`` consecutive episodes (default 1: the reference's one
+episode a step) and the mean of their meta-losses. Under ``torchrun --nproc_per_node=N -m bioprop
+meta ...`` (gloo, CPU) the meta-step's episodes are split over the ranks (contiguous shares,
+:func:`bioprop.distributed.shard_range`); episodes are functions of their index, so the union over
+ranks is the single process's meta-batch, and the meta-gradients are summed over ranks by
+:func:`bioprop.distributed.all_reduce_grads`: N processes equal one process with the same
+``meta_batch`` (to float rounding). The held-out evaluations are split over the ranks likewise
+and gathered in episode order (the same figures as one process). Rank 0 alone writes the run
+directory, metrics, checkpoints and the progress bar.
+
 Unlike the reference, which has no meta-test, the classes of ``pool.heldout`` never appear in
 meta-training; :meth:`MetaLearner.evaluate` runs the rule (no meta-gradient) on episodes of
 those classes and reports query accuracy, and the same on fresh episodes of the meta-train
@@ -28,6 +38,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Sequence, Union
@@ -36,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed as D
 from ..config import from_dict, to_dict
 from .episodes import ClassPool, Episode, episode_generator
 from .plasticity import Plasticity, PlasticityConfig, angle_deg, error_signals
@@ -62,7 +74,10 @@ class MetaConfig:
     the starting rule only: FA with ``feedback: fixed``, BP with ``feedback: sym``);
     ``inner_checkpoint``: gradient-checkpoint every n inner steps (0 = off); ``eval_every`` /
     ``eval_episodes``: held-out evaluation during training; ``test_episodes``: the final
-    meta-test (held-out and meta-train classes); ``save_every``: checkpoint period (episodes)."""
+    meta-test (held-out and meta-train classes); ``save_every``: checkpoint period (episodes).
+    ``meta_batch``: episodes a meta-step (their mean meta-loss, one Adam step; ``episodes`` must be
+    a multiple of it; under torchrun they are shared by the processes, at least one each); the
+    periods ``eval_every`` / ``save_every`` fire at the first meta-step that reaches a multiple."""
 
     episodes: int = 600
     M: int = 5
@@ -80,6 +95,8 @@ class MetaConfig:
     dtype: Literal["float32", "float64"] = "float32"
     #: a non-finite meta-loss skips that episode's Adam step (logged ``skipped: true``) instead of stopping
     skip_nonfinite: bool = False
+    #: episodes a meta-step (mean meta-loss; shared by the processes under torchrun)
+    meta_batch: int = 1
 
 
 @dataclass
@@ -152,6 +169,14 @@ class MetaLearner:
                              f"episodes={m.episodes}, lr={m.lr}, lamb={m.lamb}, inner_checkpoint={m.inner_checkpoint}")
         if not math.isfinite(m.theta0):
             raise ValueError(f"meta.theta0 must be finite, got {m.theta0}")
+        if m.meta_batch < 1 or m.episodes % m.meta_batch:
+            raise ValueError(f"meta.meta_batch must be >= 1 and divide meta.episodes; got meta_batch={m.meta_batch}, "
+                             f"episodes={m.episodes}")
+        D.init_from_env("cpu")  # torchrun: join the process group (gloo); else nothing
+        if m.meta_batch < D.world_size():
+            raise ValueError(f"meta.meta_batch={m.meta_batch} episodes a meta-step cannot be shared by "
+                             f"{D.world_size()} processes: set meta.meta_batch >= {D.world_size()} (a multiple of it "
+                             "keeps every process busy)")
         self.dtype = torch.float64 if m.dtype == "float64" else torch.float32
         if pool is None:
             p = config.pool
@@ -203,28 +228,42 @@ class MetaLearner:
             return [angle_deg(e[l].mean(0), e_bp[l].mean(0)) for l in range(1, len(keys))]
 
     def train_episode(self) -> Dict[str, Any]:
-        """One meta-training episode and Adam step; returns its metrics line."""
+        """One meta-step: the ``meta.meta_batch`` episodes ``episode .. episode + meta_batch - 1``
+        (under torchrun this rank's share of them), the gradient of their mean meta-loss (summed
+        over ranks), one Adam step; returns its metrics line (means over the meta-batch)."""
+        mb = self.config.meta.meta_batch
         theta_used = self.theta.detach().clone()
-        loss, ce, logits, W, B, ep = self.meta_loss(self.theta, "train", self.episode)
-        if not torch.isfinite(loss) and self.config.meta.skip_nonfinite:
-            self.episode += 1
+        first, stop = D.shard_range(mb)
+        self.opt.zero_grad(set_to_none=True)
+        rows: List[List[float]] = []  # per episode: meta-loss, CE, accuracy, angles
+        for i in range(self.episode + first, self.episode + stop):
+            loss, ce, logits, W, B, ep = self.meta_loss(self.theta, "train", i)
+            if not torch.isfinite(loss):  # no backward; the step is skipped or the run stops below
+                rows.append([loss.item()])
+                continue
+            (loss if mb == 1 else loss / mb).backward()
+            acc = (logits.argmax(1) == ep.y_query).double().mean().item()
+            rows.append([loss.item(), ce.item(), acc] + self.angles({k: v.detach() for k, v in W.items()},
+                                                                   {k: v.detach() for k, v in B.items()}, ep))
+        rows = [r for part in D.gather_objects(rows) for r in part]  # every rank: all episodes, in order
+        bad = [(self.episode + i + 1, r[0]) for i, r in enumerate(rows) if not math.isfinite(r[0])]
+        if bad and self.config.meta.skip_nonfinite:
+            self.episode += mb
             return {"kind": "train", "episode": self.episode, "skipped": True, "meta_loss": None, "query_ce": None,
                     "query_acc": 0.0, "theta": dict(zip(self.rule.term_names, theta_used.tolist()))}
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"meta-loss is {loss.item()} at episode {self.episode + 1} (theta "
+        if bad:
+            raise FloatingPointError(f"meta-loss is {bad[0][1]} at episode {bad[0][0]} (theta "
                                      f"{theta_used.tolist()}): lower meta.lr or meta.theta0")
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        D.all_reduce_grads([self.theta], weight=1.0)  # torchrun: sum of the ranks' shares of the mean
         grad = self.theta.grad.detach().clone()
         self.opt.step()
-        self.episode += 1
-        acc = (logits.argmax(1) == ep.y_query).double().mean().item()
-        line: Dict[str, Any] = {"kind": "train", "episode": self.episode, "meta_loss": loss.item(),
-                                "query_ce": ce.item(), "query_acc": acc,
+        self.episode += mb
+        mean = [sum(r[j] for r in rows) / len(rows) for j in range(len(rows[0]))]
+        line: Dict[str, Any] = {"kind": "train", "episode": self.episode, "meta_loss": mean[0],
+                                "query_ce": mean[1], "query_acc": mean[2],
                                 "theta": dict(zip(self.rule.term_names, theta_used.tolist())),
                                 "theta_grad": dict(zip(self.rule.term_names, grad.tolist()))}
-        for l, a in enumerate(self.angles({k: v.detach() for k, v in W.items()},
-                                          {k: v.detach() for k, v in B.items()}, ep), start=1):
+        for l, a in enumerate(mean[3:], start=1):
             line[f"angle_l{l}"] = a
         return line
 
@@ -235,11 +274,15 @@ class MetaLearner:
         first + episodes - 1`` of ``phase`` (``heldout`` or ``train_classes``), no meta-update."""
         th = (self.theta if theta is None else theta).detach()
         accs, ces, angs = [], [], []
-        for i in range(first, first + episodes):
+        a, b = D.shard_range(episodes)  # torchrun: this rank's share, gathered in episode order below
+        for i in range(first + a, first + b):
             _, ce, logits, W, B, ep = self.meta_loss(th, phase, i, inner_checkpoint=0)
             accs.append((logits.argmax(1) == ep.y_query).double().mean().item())
             ces.append(ce.item())
             angs.append(self.angles(W, B, ep))
+        if D.is_distributed():
+            parts = D.gather_objects((accs, ces, angs))
+            accs, ces, angs = ([v for p in parts for v in p[j]] for j in range(3))
         n = len(accs)
         mean = sum(accs) / n
         std = (sum((a - mean) ** 2 for a in accs) / max(1, n - 1)) ** 0.5
@@ -254,11 +297,13 @@ class MetaLearner:
         return self.run_dir / "checkpoints"
 
     def save(self) -> Optional[Path]:
-        if self.run_dir is None:
+        """Write a checkpoint (rank 0 alone under torchrun: every rank holds the same theta and Adam state)."""
+        if self.run_dir is None or not D.is_main():
             return None
         from ..train.checkpoint import save_checkpoint
 
-        state = {"optimizer": self.opt.state_dict(), "episode": self.episode, "config": self.config.to_dict()}
+        state = {"optimizer": self.opt.state_dict(), "episode": self.episode, "config": self.config.to_dict(),
+                 "world_size": D.world_size()}
         return save_checkpoint(self._ckpt_dir(), self.episode, self.holder, state)
 
     def _resume(self) -> None:
@@ -274,27 +319,32 @@ class MetaLearner:
                              f"{self.config.to_dict()['plasticity']}; resume with the same config")
         self.opt.load_state_dict(state["optimizer"])
         self.episode = int(state["episode"])
+        n = int(state.get("world_size", 1))
+        if n != D.world_size():
+            warnings.warn(f"{ckpt}: written by {n} process(es), resumed by {D.world_size()}: the meta-gradients are "
+                          "summed in another order, so the run continues equal to float rounding, not bit-identically "
+                          f"(torchrun --nproc_per_node={n} resumes it bit-identically)", RuntimeWarning, stacklevel=3)
         # drop metric lines written after the checkpoint (the killed part of the run is redone)
         mf = self.run_dir / "metrics.jsonl"
-        if mf.is_file():
+        if mf.is_file() and D.is_main():
             keep = [l for l in mf.read_text().splitlines() if l.strip() and json.loads(l)["episode"] <= self.episode]
             mf.write_text("".join(l + "\n" for l in keep))
 
     def _write(self, line: Dict[str, Any]) -> None:
-        if self.run_dir is not None:
+        if self.run_dir is not None and D.is_main():  # torchrun: rank 0 alone
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(line) + "\n")
 
     def _progress(self) -> bool:
         p = self.config.progress
-        return sys.stderr.isatty() if p is None else p
+        return D.is_main() and (sys.stderr.isatty() if p is None else p)
 
     def fit(self) -> Dict[str, Any]:
         """Meta-train up to ``meta.episodes``, then meta-test; returns (and writes) the result."""
         import yaml
 
         m = self.config.meta
-        if self.run_dir is not None:
+        if self.run_dir is not None and D.is_main():
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
         bar = None
@@ -306,14 +356,15 @@ class MetaLearner:
             self._write({"kind": "eval", "episode": 0, **self.evaluate("heldout", m.eval_episodes)})
         t0 = time.perf_counter()
         while self.episode < m.episodes:
+            before = self.episode
             line = self.train_episode()
             self._write(line)
-            if m.eval_every and self.episode % m.eval_every == 0:
+            if m.eval_every and self.episode // m.eval_every > before // m.eval_every:
                 self._write({"kind": "eval", "episode": self.episode, **self.evaluate("heldout", m.eval_episodes)})
-            if m.save_every and (self.episode % m.save_every == 0 or self.episode == m.episodes):
+            if m.save_every and (self.episode // m.save_every > before // m.save_every or self.episode == m.episodes):
                 self.save()
             if bar is not None:
-                bar.update(1)
+                bar.update(self.episode - before)
                 bar.set_postfix(loss=f"{line['meta_loss'] or float('nan'):.3f}", acc=f"{line['query_acc']:.2f}")
         if bar is not None:
             bar.close()
@@ -326,6 +377,6 @@ class MetaLearner:
             "train_classes": self.evaluate("train_classes", m.test_episodes),
             "train_seconds_this_process": train_s,
         }
-        if self.run_dir is not None:
+        if self.run_dir is not None and D.is_main():
             (self.run_dir / "result.json").write_text(json.dumps(result, indent=1) + "\n")
         return result

@@ -42,6 +42,10 @@ and the implicit backward the batch statistics of the map's own rates during tra
 (``inner_bn='batch'``, default) or the running statistics (``'running'``, ablations); see
 :class:`MultiLayerFeedbackConfig`. :meth:`update_statistics` moves the running statistics towards
 the batch statistics of the simulated rates after each training step.
+Under ``torchrun`` every batch statistic (the input BatchNorm's, the inner ones in the map and
+their running-statistics updates) is taken over the global batch, all ranks' shards together
+(:func:`bioprop.distributed.batch_norm`, with gradients), so a data-parallel step equals one
+process's step on the concatenated batch; a single process computes exactly what it did before.
 
 Dropout (rate ``dropout``): one mask per population on its input current and, where the model
 has ``feedback_dropout`` (F400, F64C5: the reference's variational dropout on ``W s``), one on the
@@ -61,6 +65,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed as D
 from ..metrics import synaptic_operations
 from ..neurons import FusedRatePopulation, NeuronParams, RatePopulation, heaviside, rate_init, rate_update, rate_value, spike_fn
 from ..neurons.fastsim import SimOptions
@@ -244,11 +249,13 @@ class FeedbackSNN(nn.Module):
         bn = self.bn
         if self.training:
             dims = [0] + list(range(2, z.dim()))
-            mean, var = z.mean(dims), z.var(dims, unbiased=False)
+            # under torchrun: the statistics of all ranks' shards, i.e. of the global batch
+            mean, var = D.batch_moments(z.detach() if D.is_distributed() else z, dims)
         else:
             mean, var = bn.running_mean, bn.running_var
-        # one BatchNorm application (and one running-statistics update) per batch
-        drive = F.batch_norm(z, bn.running_mean, bn.running_var, bn.weight, bn.bias, self.training, bn.momentum, bn.eps)
+        # one BatchNorm application (and one running-statistics update) per batch; under torchrun
+        # with the global batch's statistics (D.batch_norm: F.batch_norm itself in one process)
+        drive = D.batch_norm(z, bn.running_mean, bn.running_var, bn.weight, bn.bias, self.training, bn.momentum, bn.eps)
         if self.training and bn.num_batches_tracked is not None:
             bn.num_batches_tracked.add_(1)
         drive_seq = input_synops = None
@@ -286,7 +293,7 @@ class FeedbackSNN(nn.Module):
         z = apply_layer(self.convs[i], a, detach)
         gw, gb = (bn.weight.detach(), bn.bias.detach()) if detach else (bn.weight, bn.bias)
         if batch_stats:
-            z = F.batch_norm(z, None, None, gw, gb, True, 0.0, bn.eps)
+            z = D.batch_norm(z, None, None, gw, gb, True, 0.0, bn.eps)  # torchrun: the global batch's
         else:
             z = F.batch_norm(z, bn.running_mean, bn.running_var, gw, gb, False, 0.0, bn.eps)
         mask = st.masks.get(f"l{i + 1}") if st.masks is not None else None
@@ -383,7 +390,7 @@ class FeedbackSNN(nn.Module):
             return
         for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):
             z = conv(st.rates[i])
-            F.batch_norm(z, bn.running_mean, bn.running_var, None, None, True, bn.momentum, bn.eps)
+            D.batch_norm(z, bn.running_mean, bn.running_var, None, None, True, bn.momentum, bn.eps)  # torchrun: global
             bn.num_batches_tracked.add_(1)
 
     def readout(self, a: torch.Tensor) -> torch.Tensor:

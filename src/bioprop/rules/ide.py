@@ -36,6 +36,12 @@ parts, used when the model declares them: ``update_statistics(state)``
 step's stats. The registered models f400, f64c5, alexnet_f and cifarnet_f are one class,
 :class:`bioprop.models.feedback.FeedbackSNN`.
 
+**Data-parallel** (``torchrun``): the model's batch statistics are the global batch's (see
+:mod:`bioprop.models.feedback`) and the adjoint solve's residuals are all-reduced, so every rank
+stops at the same iteration as one process solving the whole batch; the step then equals the
+single-process step on the concatenated batch (tests/test_distributed.py), dropout included:
+each rank draws the global batch's masks and keeps its shard's rows.
+
 **Layer rules**: stacked under ``ide`` (``rule: {name: fa, model_rule: ide}``, likewise ``kp``,
 ``wm``, ...), a layer rule's backward kernels carry the error through every converted layer of the
 map, so through the adjoint solve ``(I - J^T) g = dL/da`` too: ``J^T`` uses ``B`` where the map
@@ -54,6 +60,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from .. import distributed as D
 from ..equilibrium import SolverResult, SolverWarning, implicit, jacobian_vjp
 from ..models.protocols import EquilibriumModel, EquilibriumState, FeedbackDiagnostics, SpikeRecord, StatisticsModel
 from ..neurons.fastsim import SimOptions
@@ -168,6 +175,20 @@ class IDE(Rule):
             st.rates = [r.clone() for r in rates]
         return a.clone(), out
 
+    def sample_masks(self, model: nn.Module, batch: int):
+        """The step's dropout masks from the rule's generator. Under torchrun (every rank's rule
+        generator is seeded alike) the masks of the global batch are drawn, as one process would draw
+        them, and this rank keeps the rows of its shard (:func:`bioprop.distributed.shard_range`)."""
+        if not D.is_distributed():
+            return model.sample_masks(batch, self.generator)
+        total = int(D.all_reduce(torch.tensor([batch], dtype=torch.int64)).item())
+        a, b = D.shard_range(total)
+        if b - a != batch:
+            raise RuntimeError(f"ide: this rank holds {batch} samples, but its shard of the global batch of {total} "
+                               f"is rows {a}..{b - 1}; shard batches with bioprop.distributed.shard_range")
+        masks = model.sample_masks(total, self.generator)
+        return None if masks is None else {k: v[a:b] for k, v in masks.items()}
+
     def _report(self, r: SolverResult) -> None:
         self.solves += 1
         self._epoch_counts[0] += 1  # issue 18: per-epoch count, summarised by epoch_summary()
@@ -197,7 +218,7 @@ class IDE(Rule):
     def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
              scaler=None) -> StepOutput:
         c = self.config
-        masks = model.sample_masks(x.shape[-len(model.in_shape) - 1], self.generator)
+        masks = self.sample_masks(model, x.shape[-len(model.in_shape) - 1])
         st = model.begin(x, masks)
         with torch.no_grad():
             a, rec = self.simulate(model, st, c.time_steps)
@@ -212,8 +233,10 @@ class IDE(Rule):
             fa = model.equilibrium_map(a0, st, detach=True)
         z = model.equilibrium_map(a, st)                      # gradient path into the parameters
         log: List[SolverResult] = []
+        # torchrun: the solve's residuals (its stopping decision) are the global batch's
         a_out = implicit(z, a, jacobian_vjp(fa, a0), solver=c.solver, max_iter=c.max_iter, tol=c.tol,
-                         strict=c.strict, warn=False, log=log, memory=c.memory, batched=c.fast)
+                         strict=c.strict, warn=False, log=log, memory=c.memory, batched=c.fast,
+                         reduce=D.all_reduce if D.is_distributed() else None)
         logits = model.readout(a_out)
         loss = loss_fn(logits, y)
         self.backward(loss, scaler)
