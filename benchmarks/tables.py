@@ -444,7 +444,11 @@ def _emstdp_net(r: Dict) -> str:
             chans = "-".join(str(c) for c in m.get("conv_channels", [16, 32]))
             return f"conv {chans} (frozen) + IF {hidden}-10"
         return f"784-{hidden}-10 IF"
-    return "784-" + "-".join(str(h) for h in m.get("hidden", [])) + "-10 ReLU"
+    hidden = "-".join(str(h) for h in m.get("hidden", []))
+    if m.get("frontend") == "conv":  # benchmarks/emstdp_conv_bp.py: BP head on the same frozen front end
+        chans = "-".join(str(c) for c in m.get("conv_channels", [16, 32]))
+        return f"conv {chans} (frozen) + ReLU {hidden}-10"
+    return f"784-{hidden}-10 ReLU"
 
 
 def _images_per_epoch(r: Dict) -> str:
@@ -475,6 +479,52 @@ def _optim(r: Dict) -> str:
     return f"{o['name']}{betas} lr {o['lr']:g}"
 
 
+def _emstdp_trajectory() -> List[str]:
+    """Learning curves of the reference code against ours (``emstdp_trajectory.jsonl``), newest
+    row per arm, feedback, network and seed."""
+    rows = _lines("emstdp_trajectory.jsonl")
+    if not rows:
+        return []
+    newest: Dict[tuple, Dict] = {}
+    for r in rows:
+        newest[(r["feedback"], r["sizes"][1], r["seed"], r["arm"])] = r
+    arm_order = {"reference": 0, "ours": 1, "ours_readout_only": 2, "reference_lockstep": 3, "ours_lockstep": 4}
+    fb_order = {"symmetric": 0, "fa": 1, "dfa": 2}
+    keys = sorted(newest, key=lambda k: (k[1], fb_order.get(k[0], 3), k[2], arm_order.get(k[3], 3)))
+    first = newest[keys[0]]
+    pts = " / ".join(f"{c['images'] // 1000}k" for c in first["curve"])
+    out = [f"| network | feedback | seed | code | test acc % after {pts} training images | hidden error spikes "
+           f"per neuron per phase-2 step (last interval) | hidden spikes per sample, phase 1 | angle to BP, hidden / output "
+           f"(deg, last interval) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    names = {"reference": "reference (NumPy)", "ours": "ours", "ours_readout_only": "ours, output layer only "
+             "(hidden layer frozen at its init)", "reference_lockstep": "reference, lockstep with ours",
+             "ours_lockstep": "ours, lockstep with the reference"}
+    for k in keys:
+        r = newest[k]
+        last = r["curve"][-1]
+        name = names.get(k[3], k[3])
+        if "weights_max_abs_diff" in last:
+            name += f" (max weight difference {max(c['weights_max_abs_diff'] for c in r['curve']):.0e})"
+        acc = " / ".join(f"{100 * c['test_acc']:.1f}" for c in r["curve"])
+
+        def g(key, fmt):
+            return fmt.format(last[key]) if key in last else "-"
+
+        ang = (f"{last['emstdp/angle/1']:.0f} / {last['emstdp/angle/2']:.0f}" if "emstdp/angle/1" in last else "-")
+        out.append(f"| 784-{k[1]}-10 | {k[0]} | {k[2]} | {name} | {acc} | {g('emstdp/err_rate/1', '{:.4f}')} "
+                   f"| {g('emstdp/spikes_p1/1', '{:.0f}')} | {ang} |")
+    out.append(f"\nEach code with its own initialisation (`benchmarks/emstdp_trajectory.py`): the reference "
+               f"`EMSTDP_algo.Network` with its own `np.random` weights, feedback matrices and input stream, ours with "
+               f"torch's; both on the reference's recipe: the first {first['train_images']:,} {first['data']} training "
+               f"images in file order, batch {first['batch']}, T = {first['time_steps']}, lr {first['lr']:g} with the "
+               f"reference's RMSprop-like step and clip; test accuracy on the first {first['test_images']:,} test images. "
+               f"Lockstep: both codes from our initial weights and feedback matrices on the same spike trains (float64) "
+               f"for the whole run, each training with its own code. "
+               f"Diagnostics are ours only (the rule's stats, averaged over the last interval). {first['device']}, "
+               f"commit {first.get('commit', '-')}.\n")
+    return out
+
+
 def emstdp_table() -> str:
     """EMSTDP training runs (``emstdp.jsonl``), its fidelity against the reference code
     (``emstdp_fidelity.jsonl``) and its speed against the reference (``emstdp_speed.jsonl``)."""
@@ -492,6 +542,8 @@ def emstdp_table() -> str:
             opt = "EMSTDPRMSprop (reference's)" if r.get("bench") == "emstdp_refopt" else _optim(r)
             out.append(f"| {r['data']} | {_emstdp_net(r)} | {rule} | {opt} | {imgs} | {r['seed']} | {_pct(r.get('test_acc'))} "
                        f"| {r['train_images_per_s']:.0f} | {r.get('commit', '-')} |")
+        out.append("| mnist | conv front end (trained offline) + EMSTDP 100-10 | emstdp, **published** (Loihi, "
+                   "Shrestha et al. DAC 2021) | - | - | - | 94.7 | - | - |")
         fe = _lines("emstdp_frontend.jsonl")
         if fe:
             f = fe[-1]
@@ -518,6 +570,7 @@ def emstdp_table() -> str:
         out.append(f"\nAgainst zmeidd/EMSTDP `EMSTDP_algo.Network.Train`, float64, same weights, feedback matrices and input "
                    f"spike trains ({fid[0]['data']}, batch {fid[0]['batch']}), each side then training on its own; commit "
                    f"{fid[0].get('commit', '-')}.\n")
+    out += _emstdp_trajectory()
     sp = _lines("emstdp_speed.jsonl")
     if sp:
         r = sp[-1]
