@@ -637,14 +637,19 @@ def nonfinite_overhead_table(name: str = "nonfinite_overhead.jsonl") -> str:
             "every50_step": "`check_every=50`, `check_gradients=step`",
             "every1_step": "`check_every=1`, `check_gradients=step` (a read-back every step)"}
     out = ["| device | case (batch) | arm | gradients flagged every step | step ms (median of steps) | overhead "
-           "(median of steps) | overhead (paired rounds) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+           "(median of steps) | overhead (paired rounds) | the monitor's own calls (share of a step) |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         out.append(f"| {r['device']} | {r['model']} / {r['rule']} ({r['batch']}) | {arms.get(r['arm'], r['arm'])} | "
                    f"{'yes' if r.get('gradients_flagged_every_step') else 'no'} | {r['median_per_step_ms']:.2f} | "
-                   f"{100 * r['overhead_per_step_median']:+.1f}% | {100 * r['overhead_paired_median']:+.1f}% |")
+                   f"{100 * r['overhead_per_step_median']:+.1f}% | {100 * r['overhead_paired_median']:+.1f}% | "
+                   f"{1e3 * r['monitor_ms_per_step']:.0f} us ({100 * r['monitor_ms_per_step'] / r['median_per_step_ms']:.2f}%) |")
     r = rows[0]
     return ("\n".join(out) + f"\n\n{r['steps']} steps a round, {r['rounds']} interleaved rounds an arm, "
-            f"{r['threads']} thread, {r['data']}; torch {r['torch']}, commit {r['commit']}. {r.get('note', '')}\n")
+            f"{r['threads']} thread, {r['data']}; torch {r['torch']}, commit {r['commit']}. {r.get('note', '')} "
+            "The last column sums the wall time of the monitor's calls, timed inline (the per-step watches and the "
+            "checks' read-backs; on a CPU every call is synchronous, so this bounds their cost from above, "
+            "preemptions during the calls included; on a GPU it is the launch cost only).\n")
 
 _TWO_ROUTES_OPTIONS = {"reference": "the reference's options", "position_mean": "`position_mean: true` (ours)",
                        "reg_bias": "`reg_bias: false` (ours)", "noise_padding": "`noise_padding: zeros` (ours)"}
