@@ -45,7 +45,8 @@ def run_arm(arm: str, seed: int, args, pool: ClassPool) -> Dict:
         if args.meta_lr is not None:
             overrides.append(f"meta.lr={args.meta_lr}")
         overrides += [f"meta.skip_nonfinite={str(args.skip_nonfinite).lower()}", f"meta.episodes={args.episodes}", f"meta.eval_every={args.eval_every}",
-                      f"meta.eval_episodes={args.eval_episodes}"]
+                      f"meta.eval_episodes={args.eval_episodes}", f"meta.term_lr={args.term_lr}",
+                      f"meta.clip_grad={args.clip_grad}"]
     cfg = load_meta_config(ROOT / cfg_path, overrides)
     learner = MetaLearner(cfg, pool=pool, run_dir=ROOT / cfg.run_dir, resume=True)
     t0 = time.perf_counter()
@@ -62,6 +63,8 @@ def run_arm(arm: str, seed: int, args, pool: ClassPool) -> Dict:
                      if arm in LEARNED else "not meta-trained (starting rule)"),
         "pool": {"datasets": cfg.pool.datasets, "split": cfg.pool.split, "heldout": cfg.pool.heldout},
         "M": cfg.meta.M, "K": cfg.meta.K, "Q": cfg.meta.Q, "lr": cfg.meta.lr, "lamb": cfg.meta.lamb,
+        "term_lr": cfg.meta.term_lr, "clip_grad": cfg.meta.clip_grad, "term_lr_scale": result.get("term_lr_scale"),
+        "theta0_start": cfg.meta.theta0, "eval_every": cfg.meta.eval_every, "eval_episodes": cfg.meta.eval_episodes,
         "test_episodes": cfg.meta.test_episodes,
         "heldout_acc": result["heldout"]["acc"], "heldout_acc_std_over_episodes": result["heldout"]["acc_std_over_episodes"],
         "heldout_ce": result["heldout"]["ce"], "train_classes_acc": result["train_classes"]["acc"],
@@ -164,6 +167,8 @@ def main() -> None:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--meta-lr", type=float, default=None, help="Adam lr on theta (default: the config's)")
     p.add_argument("--skip-nonfinite", action="store_true", help="skip (not stop at) an episode whose meta-loss is NaN/Inf")
+    p.add_argument("--term-lr", default="same", choices=["same", "auto"], help="meta.term_lr of the learned arms")
+    p.add_argument("--clip-grad", type=float, default=0.0, help="meta.clip_grad of the learned arms (0 = off)")
     p.add_argument("--run-root", default="runs/meta_bench")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--figure", action="store_true", help="only redraw the figure from the results file")

@@ -80,6 +80,16 @@ class MetaConfig:
     dtype: Literal["float32", "float64"] = "float32"
     #: a non-finite meta-loss skips that episode's Adam step (logged ``skipped: true``) instead of stopping
     skip_nonfinite: bool = False
+    #: clip the meta-gradient of theta to this Euclidean norm before the Adam step (0 = off, the
+    #: reference's choice). Adam divides by its running RMS, so this damps a spike relative to the
+    #: history but does not bound Adam's first steps (each about ``lr`` times the gradient's sign).
+    clip_grad: float = 0.0
+    #: per-term meta step size. ``same`` (the reference's): Adam moves every theta_r by about ``lr``
+    #: an episode, whatever the scale of its term. ``auto``: multiply term r's Adam step by
+    #: ``s_r = min(1, |g_0| / |g_r|)``, with ``g`` the meta-gradient of the first meta-training
+    #: episode at the starting theta, so that no term's first step changes the meta-loss (to first
+    #: order) more than the pseudo-gradient's does; ``s`` is kept in the checkpoint.
+    term_lr: Literal["same", "auto"] = "same"
 
 
 @dataclass
@@ -161,6 +171,10 @@ class MetaLearner:
         self.holder = _Theta(self.rule.initial_theta(m.theta0, self.dtype))
         self.opt = torch.optim.Adam(self.holder.parameters(), lr=m.lr)
         self.episode = 0
+        #: per-term multiplier of Adam's step (``meta.term_lr``); None until the first episode sets it
+        self.term_scale: Optional[torch.Tensor] = None
+        if m.clip_grad < 0:
+            raise ValueError(f"meta.clip_grad must be >= 0 (0 = off), got {m.clip_grad}")
         rd = run_dir if run_dir is not None else config.run_dir
         self.run_dir = Path(rd) if rd else None
         if resume:
@@ -216,7 +230,7 @@ class MetaLearner:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         grad = self.theta.grad.detach().clone()
-        self.opt.step()
+        self._step(grad)
         self.episode += 1
         acc = (logits.argmax(1) == ep.y_query).double().mean().item()
         line: Dict[str, Any] = {"kind": "train", "episode": self.episode, "meta_loss": loss.item(),
@@ -227,6 +241,20 @@ class MetaLearner:
                                           {k: v.detach() for k, v in B.items()}, ep), start=1):
             line[f"angle_l{l}"] = a
         return line
+
+    def _step(self, grad: torch.Tensor) -> None:
+        """The Adam step on theta, with ``meta.clip_grad`` and ``meta.term_lr`` applied."""
+        m = self.config.meta
+        if m.clip_grad > 0:
+            torch.nn.utils.clip_grad_norm_([self.theta], m.clip_grad)
+        if m.term_lr == "auto" and self.term_scale is None:
+            g = grad.abs().double()
+            self.term_scale = torch.where(g > 0, torch.clamp(g[0] / g, max=1.0), torch.ones_like(g)).to(self.dtype)
+        before = self.theta.detach().clone()
+        self.opt.step()
+        if self.term_scale is not None:
+            with torch.no_grad():
+                self.theta.copy_(before + self.term_scale * (self.theta - before))
 
     @torch.no_grad()
     def evaluate(self, phase: str = "heldout", episodes: int = 10, theta: Optional[torch.Tensor] = None,
@@ -258,7 +286,8 @@ class MetaLearner:
             return None
         from ..train.checkpoint import save_checkpoint
 
-        state = {"optimizer": self.opt.state_dict(), "episode": self.episode, "config": self.config.to_dict()}
+        state = {"optimizer": self.opt.state_dict(), "episode": self.episode, "config": self.config.to_dict(),
+                 "term_scale": None if self.term_scale is None else self.term_scale.tolist()}
         return save_checkpoint(self._ckpt_dir(), self.episode, self.holder, state)
 
     def _resume(self) -> None:
@@ -274,6 +303,8 @@ class MetaLearner:
                              f"{self.config.to_dict()['plasticity']}; resume with the same config")
         self.opt.load_state_dict(state["optimizer"])
         self.episode = int(state["episode"])
+        if state.get("term_scale") is not None:
+            self.term_scale = torch.tensor(state["term_scale"], dtype=self.dtype)
         # drop metric lines written after the checkpoint (the killed part of the run is redone)
         mf = self.run_dir / "metrics.jsonl"
         if mf.is_file():
@@ -322,6 +353,7 @@ class MetaLearner:
             "episodes": self.episode, "seed": m.seed, "terms": self.rule.term_names,
             "feedback": self.config.plasticity.feedback,
             "theta": dict(zip(self.rule.term_names, self.theta.detach().tolist())),
+            "term_lr_scale": None if self.term_scale is None else dict(zip(self.rule.term_names, self.term_scale.tolist())),
             "heldout": self.evaluate("heldout", m.test_episodes),
             "train_classes": self.evaluate("train_classes", m.test_episodes),
             "train_seconds_this_process": train_s,
