@@ -34,7 +34,7 @@ OUT = ROOT / "benchmarks" / "results" / "meta_plasticity.jsonl"
 FIG = ROOT / "benchmarks" / "results" / "meta_plasticity.png"
 LEARNED = ("fa", "bp", "pool", "full")
 LABELS = {"fa": "FA (fixed B, theta_0 only, meta-trained)", "bp": "BP (B = W, theta_0 only, meta-trained)",
-          "pool": "learned F0+F2+F9", "full": "learned, full pool F0-F9"}
+          "pool": "learned F0+F2+F9 (fixed B)", "full": "learned full pool F0-F9 (fixed B)"}
 
 
 def run_arm(arm: str, seed: int, args, pool: ClassPool) -> Dict:
@@ -45,7 +45,8 @@ def run_arm(arm: str, seed: int, args, pool: ClassPool) -> Dict:
         if args.meta_lr is not None:
             overrides.append(f"meta.lr={args.meta_lr}")
         overrides += [f"meta.skip_nonfinite={str(args.skip_nonfinite).lower()}", f"meta.episodes={args.episodes}", f"meta.eval_every={args.eval_every}",
-                      f"meta.eval_episodes={args.eval_episodes}"]
+                      f"meta.eval_episodes={args.eval_episodes}", f"meta.term_lr={args.term_lr}",
+                      f"meta.clip_grad={args.clip_grad}"]
     cfg = load_meta_config(ROOT / cfg_path, overrides)
     learner = MetaLearner(cfg, pool=pool, run_dir=ROOT / cfg.run_dir, resume=True)
     t0 = time.perf_counter()
@@ -62,6 +63,8 @@ def run_arm(arm: str, seed: int, args, pool: ClassPool) -> Dict:
                      if arm in LEARNED else "not meta-trained (starting rule)"),
         "pool": {"datasets": cfg.pool.datasets, "split": cfg.pool.split, "heldout": cfg.pool.heldout},
         "M": cfg.meta.M, "K": cfg.meta.K, "Q": cfg.meta.Q, "lr": cfg.meta.lr, "lamb": cfg.meta.lamb,
+        "term_lr": cfg.meta.term_lr, "clip_grad": cfg.meta.clip_grad, "term_lr_scale": result.get("term_lr_scale"),
+        "theta0_start": cfg.meta.theta0, "eval_every": cfg.meta.eval_every, "eval_episodes": cfg.meta.eval_episodes,
         "test_episodes": cfg.meta.test_episodes,
         "heldout_acc": result["heldout"]["acc"], "heldout_acc_std_over_episodes": result["heldout"]["acc_std_over_episodes"],
         "heldout_ce": result["heldout"]["ce"], "train_classes_acc": result["train_classes"]["acc"],
@@ -77,10 +80,15 @@ def run_arm(arm: str, seed: int, args, pool: ClassPool) -> Dict:
 
 
 def newest(path: Path = OUT) -> Dict[tuple, Dict]:
+    """The newest row per (arm, seed) among the rows of the longest schedule in ``path``."""
     rows = [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.is_file() else []
+    if not rows:
+        return {}
+    longest = max(r["episodes"] for r in rows)
     out: Dict[tuple, Dict] = {}
     for r in rows:
-        out[(r["arm"], r["seed"])] = r
+        if r["episodes"] == longest:
+            out[(r["arm"], r["seed"])] = r
     return out
 
 
@@ -91,8 +99,7 @@ def figure(path: Path = OUT, fig_path: Path = FIG) -> Path:
     import matplotlib.pyplot as plt
 
     rows = newest(path)
-    arms = sorted({a for a, _ in rows})
-    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+    fig, ax = plt.subplots(1, 4, figsize=(20, 4.2))
     colors = {"fa": "tab:red", "bp": "tab:green", "pool": "tab:blue", "full": "tab:purple"}
 
     def stats(xs: List[float]):
@@ -100,55 +107,46 @@ def figure(path: Path = OUT, fig_path: Path = FIG) -> Path:
         s = (sum((x - m) ** 2 for x in xs) / max(1, len(xs) - 1)) ** 0.5
         return m, s
 
+    def theta_series(r):
+        pts = [(e, th) for e, th in r["theta_curve"]]
+        if pts[-1][0] != r["episodes"]:
+            pts.append((r["episodes"], r["theta"]))       # theta after the last Adam step
+        return pts
+
     xmax = max([r["episodes"] for r in rows.values()] + [1])
-    for arm in arms:
-        rs = [r for (a, _), r in rows.items() if a == arm]
-        if arm in LEARNED:
-            eps = sorted({e for r in rs for e, _ in r["curve"]})
-            ms, ss = [], []
-            for e in eps:
-                m, s = stats([acc for r in rs for ee, acc in r["curve"] if ee == e])
-                ms.append(m)
-                ss.append(s)
-            ax[0].plot(eps, ms, "o-", color=colors[arm], label=f"{LABELS[arm]} (n={len(rs)} seeds)")
-            ax[0].fill_between(eps, [m - s for m, s in zip(ms, ss)], [m + s for m, s in zip(ms, ss)],
-                               color=colors[arm], alpha=0.15)
-            if arm not in ("pool", "full"):
-                continue
-            for r in rs:
-                ax[2].plot([e for e, _ in r["curve"]], [a for _, a in r["curve"]], "o-" if arm == "pool" else "s--",
-                           color=colors[arm], alpha=0.4 + 0.2 * r["seed"] % 1, label=f"{arm} seed {r['seed']}")
-            if arm != "pool":
-                continue
-            k = 1
-            names = list(rs[0]["theta"])
-            for name in names:
-                ep = [e for e, _ in rs[0]["theta_curve"]]
-                vals = [stats([dict(r["theta_curve"]).get(e, {}).get(name, float("nan")) for r in rs])[0] for e in ep]
-                ax[k].plot(ep, vals, label=name)
-        else:
-            m, s = stats([r["heldout_acc"] for r in rs])
-            ax[0].axhline(m, color=colors[arm], ls="--", label=f"{LABELS[arm]} (n={len(rs)} seeds)")
-            ax[0].axhspan(m - s, m + s, color=colors[arm], alpha=0.1)
-    extra = newest(path.parent / "meta_plasticity_lr3e-4.jsonl")
-    if extra:
-        rs = list(extra.values())
+    for arm in LEARNED:
+        rs = [r for (a, _), r in sorted(rows.items()) if a == arm]
+        if not rs:
+            continue
         eps = sorted({e for r in rs for e, _ in r["curve"]})
-        ms = [stats([a for r in rs for ee, a in r["curve"] if ee == e]) for e in eps]
-        ax[0].plot(eps, [m for m, _ in ms], "s-", color="tab:cyan",
-                   label=f"learned F0+F2+F9, Adam 3e-4 (n={len(rs)} seeds)")
-        ax[0].fill_between(eps, [m - s for m, s in ms], [m + s for m, s in ms], color="tab:cyan", alpha=0.15)
-    ax[0].set(xlabel="meta-training episode", ylabel="held-out-class query accuracy", xlim=(0, xmax),
-              title="meta-test on held-out classes (mean +- std over seeds)")
-    ax[1].set(xlabel="meta-training episode", title="theta, F0+F2+F9, Adam 1e-3 (mean over seeds)")
-    ax[2].set(xlabel="meta-training episode", ylabel="held-out-class query accuracy", ylim=(0, 1),
-              title="learned F0+F2+F9, Adam 1e-3, each seed")
+        ms = [stats([acc for r in rs for ee, acc in r["curve"] if ee == e]) for e in eps]
+        ax[0].plot(eps, [m for m, _ in ms], "o-", color=colors[arm], label=f"{LABELS[arm]} (n={len(rs)} seeds)")
+        ax[0].fill_between(eps, [m - s for m, s in ms], [m + s for m, s in ms], color=colors[arm], alpha=0.15)
+        fin = stats([r["heldout_acc"] for r in rs])
+        ax[0].errorbar([xmax + 0.8 + 0.4 * LEARNED.index(arm)], [fin[0]], yerr=[fin[1]], fmt="D", color=colors[arm], ms=5)
+        ep_th = [e for e, _ in theta_series(rs[0])]
+        th0 = [stats([dict(theta_series(r))[e]["pseudo_grad"] for r in rs])[0] for e in ep_th]
+        ax[3].plot(ep_th, th0, "-", color=colors[arm], label=LABELS[arm])
+        if arm in ("pool", "full"):
+            k = 1 if arm == "pool" else 2
+            for name in rs[0]["theta"]:
+                vals = [stats([dict(theta_series(r))[e][name] for r in rs])[0] for e in ep_th]
+                ax[k].plot(ep_th, vals, label=name, ls="-" if name in ("pseudo_grad", "error_hebb", "oja") else "--")
+    ax[0].set(xlabel="meta-training episode (diamonds: final meta-test, 10 episodes a seed)",
+              ylabel="held-out-class query accuracy", xlim=(-1, xmax + 3), ylim=(0, 1),
+              title="held-out classes (mean +- std over seeds; 3 episodes a point)")
+    ax[1].set(xlabel="meta-training episode", title="theta, learned F0+F2+F9 (mean over seeds)")
+    ax[2].set(xlabel="meta-training episode", title="theta, learned full pool F0-F9 (mean over seeds)")
+    ax[3].set(xlabel="meta-training episode", title="theta_0 (pseudo-gradient) of every arm (mean over seeds)")
     for a in ax:
         a.legend(fontsize=7)
-    fig.suptitle("Meta-learned plasticity, MNIST + Fashion-MNIST pool (held out: 7-9 of each), 5-way x 50 online "
-                 "images; CPU, shortened meta-training", fontsize=9)
+    r0 = next(iter(rows.values()), None)
+    sched = (f"{r0['episodes']} meta-training episodes (of the release's 600), Adam {r0['lr']:g}, "
+             f"term_lr={r0.get('term_lr', 'same')}" if r0 else "")
+    fig.suptitle("Meta-learned plasticity, MNIST + Fashion-MNIST pool (held out: 7-9 of each), 5-way x 50 online images; "
+                 f"{sched}; CPU, shortened schedule", fontsize=9)
     fig.tight_layout()
-    fig.savefig(fig_path, dpi=110)
+    fig.savefig(fig_path, dpi=100)
     plt.close(fig)
     return fig_path
 
@@ -164,6 +162,8 @@ def main() -> None:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--meta-lr", type=float, default=None, help="Adam lr on theta (default: the config's)")
     p.add_argument("--skip-nonfinite", action="store_true", help="skip (not stop at) an episode whose meta-loss is NaN/Inf")
+    p.add_argument("--term-lr", default="same", choices=["same", "auto"], help="meta.term_lr of the learned arms")
+    p.add_argument("--clip-grad", type=float, default=0.0, help="meta.clip_grad of the learned arms (0 = off)")
     p.add_argument("--run-root", default="runs/meta_bench")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--figure", action="store_true", help="only redraw the figure from the results file")

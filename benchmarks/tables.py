@@ -586,35 +586,61 @@ def emstdp_table() -> str:
 
 
 def meta_plasticity_table(name: str = "meta_plasticity.jsonl") -> str:
-    """Held-out-class query accuracy of FA, the learned rules and BP (newest line per arm and seed)."""
+    """Held-out-class query accuracy of FA, the learned rules and BP on one common schedule: newest
+    line per (arm, seed, meta-training episodes), one block of rows per episode count."""
     rows = _lines(name)
     newest: Dict[tuple, Dict] = {}
     for r in rows:
-        newest[(r["arm"], r["seed"])] = r
+        newest[(r["episodes"], r["arm"], r["seed"])] = r
     if not newest:
         return f"_No results in benchmarks/results/{name} yet._\n"
 
+    def mean(xs):
+        return sum(xs) / len(xs)
+
     def ms(xs):
-        m = sum(xs) / len(xs)
+        m = mean(xs)
         s = (sum((x - m) ** 2 for x in xs) / max(1, len(xs) - 1)) ** 0.5
         return f"{100 * m:.1f} +- {100 * s:.1f}"
 
-    out = ["| arm | feedback | terms | meta-train episodes | seeds | held-out classes: query acc % (final theta) "
-           "| meta-train classes: query acc % | best held-out eval during meta-training % (5 episodes each, per-seed best: selected on the held-out classes, optimistic) "
+    out = ["| meta-training episodes | arm | terms | meta-lr (Adam), per-term step | seeds "
+           "| held-out classes: query acc % (final theta) | of the FA-to-BP gap closed "
+           "| meta-train classes: query acc % | held-out acc % at episode 0 (starting rule) "
            "| final theta (mean over seeds) | skipped (non-finite) episodes |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for arm in ("fa", "bp", "pool", "full"):
-        rs = [r for (a, _), r in sorted(newest.items()) if a == arm]
-        if not rs:
-            continue
-        theta = {k: sum(r["theta"][k] for r in rs) / len(rs) for k in rs[0]["theta"]}
-        best = [max(a for e, a in r["curve"] if e > 0) for r in rs if any(e > 0 for e, _ in r["curve"])]
-        out.append(f"| {rs[0]['label']} | {rs[0]['feedback']} | {'+'.join(rs[0]['terms'])} | "
-                   f"{'/'.join(str(r['episodes']) for r in rs)} | {','.join(str(r['seed']) for r in rs)} | "
-                   f"{ms([r['heldout_acc'] for r in rs])} | {ms([r['train_classes_acc'] for r in rs])} | "
-                   f"{ms(best) if best else '-'} | "
-                   f"{', '.join(f'{k} {v:.4f}' for k, v in theta.items())} | "
-                   f"{'/'.join(str(r.get('skipped_episodes', 0)) for r in rs)} |")
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for eps in sorted({e for e, _, _ in newest}):
+        accs = {arm: [r["heldout_acc"] for (e, a, _), r in sorted(newest.items()) if e == eps and a == arm]
+                for arm in ("fa", "bp", "pool", "full")}
+        for arm in ("fa", "bp", "pool", "full"):
+            rs = [r for (e, a, _), r in sorted(newest.items()) if e == eps and a == arm]
+            if not rs:
+                continue
+            theta = {k: mean([r["theta"][k] for r in rs]) for k in rs[0]["theta"]}
+            gap = "-"
+            if arm in ("pool", "full") and accs["fa"] and accs["bp"]:
+                fa, bp = mean(accs["fa"]), mean(accs["bp"])
+                gap = f"{100 * (mean(accs[arm]) - fa) / (bp - fa):.0f} %" if bp > fa else "-"
+            start = [a for r in rs for e, a in r["curve"] if e == 0]
+            labels = {"fa": "FA (fixed B, theta_0 only)", "bp": "BP (B = W, theta_0 only)",
+                      "pool": "learned F0+F2+F9 (fixed B)", "full": "learned full pool F0-F9 (fixed B)"}
+            out.append(f"| {eps} | {labels[arm]} | {'+'.join(rs[0]['terms'])} | "
+                       f"{rs[0]['lr']:g}, {rs[0].get('term_lr', 'same')} | {','.join(str(r['seed']) for r in rs)} | "
+                       f"{ms(accs[arm])} | {gap} | {ms([r['train_classes_acc'] for r in rs])} | "
+                       f"{ms(start) if start else '-'} | "
+                       f"{', '.join(f'{k} {v:.4f}' for k, v in theta.items())} | "
+                       f"{'/'.join(str(r.get('skipped_episodes', 0)) for r in rs)} |")
+    return "\n".join(out) + "\n"
+
+
+def meta_terms_fidelity_table(name: str = "meta_terms_fidelity.jsonl") -> str:
+    rows = _lines(name)
+    if not rows:
+        return f"_No results in benchmarks/results/{name} yet._\n"
+    out = ["| term | reference function (commit) | reference index / coefficient | max relative difference over layers | agree |",
+           "| --- | --- | --- | --- | --- |"]
+    for r in rows:
+        out.append(f"| F{r['index']} `{r['term']}` | `{r['reference']}` | {r['ref_vec'] or '-'} / `{r['ref_coefficient']}` | "
+                   f"{max(r['max_rel_diff_per_layer']):.1e} | {'yes' if r['agree'] else '**no**'} |")
     return "\n".join(out) + "\n"
 
 
@@ -714,12 +740,15 @@ def results_markdown() -> str:
             "from `benchmarks/tssl_speed.py`)\n\n" + tssl_speed_table()
             + "\n**Meta-learned plasticity: query accuracy on held-out classes** (`benchmarks/results/meta_plasticity.jsonl`, "
             "from `benchmarks/meta_plasticity.py`; MNIST + Fashion-MNIST pool, digits 7-9 and Fashion 7-9 held out, "
-            "5 classes x 50 images online, query 10 a class, 30 meta-test episodes a seed; shortened meta-training "
-            "(100 of the release's 600 episodes), Adam 1e-3, CPU; figure `benchmarks/results/meta_plasticity.png`)\n\n"
+            "5 classes x 50 images online, query 10 a class; every arm on one shortened schedule (24 or 48 of the "
+            "release's 600 meta-training episodes, Adam 1e-3 with `meta.term_lr=auto`, theta_0 from 1e-3, lambda 0), "
+            "10 meta-test episodes a seed and phase; CPU shared by several agents; figure `benchmarks/results/meta_plasticity.png`; "
+            "rows of earlier, unlike schedules are kept in `meta_plasticity_superseded.jsonl`)\n\n"
             + meta_plasticity_table()
-            + "\nSame, learned F0+F2+F9 with a smaller meta learning rate (Adam 3e-4, 60 episodes, non-finite episodes "
-            "skipped; `benchmarks/results/meta_plasticity_lr3e-4.jsonl`)\n\n"
-            + meta_plasticity_table("meta_plasticity_lr3e-4.jsonl")
+            + "\n**Meta-learned plasticity: each term against the reference code** (`benchmarks/results/meta_terms_fidelity.jsonl`, "
+            "from `benchmarks/meta_terms_fidelity.py`; the reference's own functions on the same weights, activations "
+            "and errors, float64, one coefficient 0.37)\n\n"
+            + meta_terms_fidelity_table()
             + "\n**Meta-learned plasticity: memory of the meta-gradient** (`benchmarks/results/meta_memory.jsonl`, from "
             "`benchmarks/meta_memory.py`; peak RSS of a fresh CPU process above its start, 784-170-130-100-70-20, float32)\n\n"
             + meta_memory_table()

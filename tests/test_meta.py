@@ -92,11 +92,11 @@ def _hand_terms(pre, post, pre_err, post_err, Wm):
     out["pseudo_grad"] = mat(lambda i, j: -post_err[i] * pre[j])
     out["post_act_pre_err"] = mat(lambda i, j: -post[i] * pre_err[j])
     out["error_hebb"] = mat(lambda i, j: -post_err[i] * pre_err[j])
-    out["hebb"] = mat(lambda i, j: post[i] * pre[j])
+    out["hebb"] = mat(lambda i, j: -post[i] * pre[j])           # reference 476ae40 vec '2': p.update -= fur * y y^T
     out["post_err"] = mat(lambda i, j: -post_err[i])
     out["pre_err"] = mat(lambda i, j: -pre_err[j])
-    out["post_act"] = mat(lambda i, j: post[i])
-    out["pre_act"] = mat(lambda i, j: pre[j])
+    out["post_act"] = mat(lambda i, j: -post[i])                # reference vec '4': p.update -= six * y_l 1^T
+    out["pre_act"] = mat(lambda i, j: -pre[j])                  # reference vec '5': p.update -= svn * 1 y_{l-1}^T
     out["decay"] = mat(lambda i, j: -Wm[i][j])
     out["oja"] = mat(lambda i, j: post[i] * pre[j] - post[i] * sum(post[k] * Wm[k][j] for k in range(n_out)))
     return out
@@ -143,7 +143,8 @@ def test_error_recursion_by_hand():
 def test_terms_registry_and_bad_names():
     assert [TERMS.get(f"F{r}").index for r in range(10)] == list(range(10))
     assert TERMS.get("F9").name == "oja" and TERMS.get("F2").name == "error_hebb"
-    assert {t for t in ("pseudo_grad", "error_hebb", "oja")} == {n for n in TERMS.names() if TERMS.get(n).checked}
+    # every term of the pool of ten is checked against the reference code (optim.py:generic_rule)
+    assert {n for n in TERMS.names() if TERMS.get(n).checked} == set(TERMS.names()) and len(TERMS.names()) == 10
     for n in TERMS.names():                       # every term carries its equation; unchecked ones say so
         t = TERMS.get(n)
         assert t.equation.startswith(f"F{t.index} =")
@@ -194,6 +195,41 @@ def test_checkpointed_meta_gradient_equals_plain(feedback):
     torch.testing.assert_close(grads[2], grads[0], rtol=1e-13, atol=0)
 
 
+def _first_grad(learner):
+    th = learner.theta.detach().clone().requires_grad_(True)
+    return torch.autograd.grad(learner.meta_loss(th, "train", 0)[0], th)[0]
+
+
+def test_term_lr_auto_scales_each_terms_first_adam_step():
+    """meta.term_lr=auto: term r's first Adam step (lr * sign(g_r)) is multiplied by
+    min(1, |g_0| / |g_r|), g the first episode's meta-gradient; 'same' leaves Adam's step alone."""
+    steps = {}
+    for mode in ("same", "auto"):
+        cfg = tiny_config(lr=0.01, term_lr=mode)
+        cfg.plasticity.terms = ALL_TERMS
+        learner = MetaLearner(cfg, pool=tiny_pool())
+        g = _first_grad(learner)
+        before = learner.theta.detach().clone()
+        learner.train_episode()
+        steps[mode] = learner.theta.detach() - before
+    scale = torch.clamp(g[0].abs() / g.abs(), max=1.0)
+    assert (scale < 0.5).any() and (scale == 1).sum() >= 2, g   # some terms scaled down, some not
+    adam_first = -0.01 * g / (g.abs() + 1e-8)  # Adam's bias-corrected first step
+    torch.testing.assert_close(steps["same"], adam_first, rtol=1e-9, atol=1e-15)
+    torch.testing.assert_close(steps["auto"], scale * adam_first, rtol=1e-9, atol=1e-15)
+
+
+def test_clip_grad_clips_the_meta_gradient_adam_sees():
+    learner = MetaLearner(tiny_config(clip_grad=1e-3), pool=tiny_pool())
+    g = _first_grad(learner)
+    assert g.norm() > 1e-3
+    learner.train_episode()
+    m1 = learner.opt.state_dict()["state"][0]["exp_avg"]        # (1 - beta1) * the gradient Adam was given
+    torch.testing.assert_close(m1, 0.1 * g * (1e-3 / g.norm()), rtol=1e-4, atol=0)   # torch adds 1e-6 to the norm
+    with pytest.raises(ValueError, match="clip_grad"):
+        MetaLearner(tiny_config(clip_grad=-1), pool=tiny_pool())
+
+
 def test_l1_term_of_the_meta_loss():
     cfg = tiny_config(lamb=0.5)
     learner = MetaLearner(cfg, pool=tiny_pool())
@@ -220,18 +256,22 @@ def test_episodes_are_deterministic_and_heldout_classes_never_meta_trained():
         pool.episode(episode_generator(0, "heldout", 0), "heldout", 3, 3, 2)
 
 
-def test_resume_after_a_kill_is_bit_identical(tmp_path):
-    straight = MetaLearner(tiny_config(tmp_path / "a", episodes=4), pool=tiny_pool())
+@pytest.mark.parametrize("term_lr", ["same", "auto"])
+def test_resume_after_a_kill_is_bit_identical(tmp_path, term_lr):
+    straight = MetaLearner(tiny_config(tmp_path / "a", episodes=4, term_lr=term_lr), pool=tiny_pool())
     straight.fit()
     # killed after episode 3, with the last checkpoint at episode 2 (save_every=2)
-    killed = MetaLearner(tiny_config(tmp_path / "b", episodes=4, save_every=2), pool=tiny_pool())
+    killed = MetaLearner(tiny_config(tmp_path / "b", episodes=4, save_every=2, term_lr=term_lr), pool=tiny_pool())
     killed.run_dir.mkdir(parents=True)
     for _ in range(3):
         killed._write(killed.train_episode())
         if killed.episode % 2 == 0:
             killed.save()
     del killed
-    resumed = MetaLearner(tiny_config(tmp_path / "b", episodes=4, save_every=2), pool=tiny_pool(), resume=True)
+    resumed = MetaLearner(tiny_config(tmp_path / "b", episodes=4, save_every=2, term_lr=term_lr), pool=tiny_pool(),
+                          resume=True)
+    if term_lr == "auto":   # the per-term step scale set at episode 1 comes back from the checkpoint
+        assert resumed.term_scale is not None and torch.equal(resumed.term_scale, straight.term_scale)
     assert resumed.episode == 2
     resumed.fit()
     assert torch.equal(resumed.theta.detach(), straight.theta.detach())

@@ -97,6 +97,16 @@ class MetaConfig:
     skip_nonfinite: bool = False
     #: episodes a meta-step (mean meta-loss; shared by the processes under torchrun)
     meta_batch: int = 1
+    #: clip the meta-gradient of theta to this Euclidean norm before the Adam step (0 = off, the
+    #: reference's choice). Adam divides by its running RMS, so this damps a spike relative to the
+    #: history but does not bound Adam's first steps (each about ``lr`` times the gradient's sign).
+    clip_grad: float = 0.0
+    #: per-term meta step size. ``same`` (the reference's): Adam moves every theta_r by about ``lr``
+    #: an episode, whatever the scale of its term. ``auto``: multiply term r's Adam step by
+    #: ``s_r = min(1, |g_0| / |g_r|)``, with ``g`` the meta-gradient of the first meta-training
+    #: episode at the starting theta, so that no term's first step changes the meta-loss (to first
+    #: order) more than the pseudo-gradient's does; ``s`` is kept in the checkpoint.
+    term_lr: Literal["same", "auto"] = "same"
 
 
 @dataclass
@@ -186,6 +196,10 @@ class MetaLearner:
         self.holder = _Theta(self.rule.initial_theta(m.theta0, self.dtype))
         self.opt = torch.optim.Adam(self.holder.parameters(), lr=m.lr)
         self.episode = 0
+        #: per-term multiplier of Adam's step (``meta.term_lr``); None until the first episode sets it
+        self.term_scale: Optional[torch.Tensor] = None
+        if m.clip_grad < 0:
+            raise ValueError(f"meta.clip_grad must be >= 0 (0 = off), got {m.clip_grad}")
         rd = run_dir if run_dir is not None else config.run_dir
         self.run_dir = Path(rd) if rd else None
         if resume:
@@ -256,7 +270,7 @@ class MetaLearner:
                                      f"{theta_used.tolist()}): lower meta.lr or meta.theta0")
         D.all_reduce_grads([self.theta], weight=1.0)  # torchrun: sum of the ranks' shares of the mean
         grad = self.theta.grad.detach().clone()
-        self.opt.step()
+        self._step(grad)
         self.episode += mb
         mean = [sum(r[j] for r in rows) / len(rows) for j in range(len(rows[0]))]
         line: Dict[str, Any] = {"kind": "train", "episode": self.episode, "meta_loss": mean[0],
@@ -266,6 +280,20 @@ class MetaLearner:
         for l, a in enumerate(mean[3:], start=1):
             line[f"angle_l{l}"] = a
         return line
+
+    def _step(self, grad: torch.Tensor) -> None:
+        """The Adam step on theta, with ``meta.clip_grad`` and ``meta.term_lr`` applied."""
+        m = self.config.meta
+        if m.clip_grad > 0:
+            torch.nn.utils.clip_grad_norm_([self.theta], m.clip_grad)
+        if m.term_lr == "auto" and self.term_scale is None:
+            g = grad.abs().double()
+            self.term_scale = torch.where(g > 0, torch.clamp(g[0] / g, max=1.0), torch.ones_like(g)).to(self.dtype)
+        before = self.theta.detach().clone()
+        self.opt.step()
+        if self.term_scale is not None:
+            with torch.no_grad():
+                self.theta.copy_(before + self.term_scale * (self.theta - before))
 
     @torch.no_grad()
     def evaluate(self, phase: str = "heldout", episodes: int = 10, theta: Optional[torch.Tensor] = None,
@@ -303,7 +331,8 @@ class MetaLearner:
         from ..train.checkpoint import save_checkpoint
 
         state = {"optimizer": self.opt.state_dict(), "episode": self.episode, "config": self.config.to_dict(),
-                 "world_size": D.world_size()}
+                 "world_size": D.world_size(),
+                 "term_scale": None if self.term_scale is None else self.term_scale.tolist()}
         return save_checkpoint(self._ckpt_dir(), self.episode, self.holder, state)
 
     def _resume(self) -> None:
@@ -324,6 +353,8 @@ class MetaLearner:
             warnings.warn(f"{ckpt}: written by {n} process(es), resumed by {D.world_size()}: the meta-gradients are "
                           "summed in another order, so the run continues equal to float rounding, not bit-identically "
                           f"(torchrun --nproc_per_node={n} resumes it bit-identically)", RuntimeWarning, stacklevel=3)
+        if state.get("term_scale") is not None:
+            self.term_scale = torch.tensor(state["term_scale"], dtype=self.dtype)
         # drop metric lines written after the checkpoint (the killed part of the run is redone)
         mf = self.run_dir / "metrics.jsonl"
         if mf.is_file() and D.is_main():
@@ -373,6 +404,7 @@ class MetaLearner:
             "episodes": self.episode, "seed": m.seed, "terms": self.rule.term_names,
             "feedback": self.config.plasticity.feedback,
             "theta": dict(zip(self.rule.term_names, self.theta.detach().tolist())),
+            "term_lr_scale": None if self.term_scale is None else dict(zip(self.rule.term_names, self.term_scale.tolist())),
             "heldout": self.evaluate("heldout", m.test_episodes),
             "train_classes": self.evaluate("train_classes", m.test_episodes),
             "train_seconds_this_process": train_s,

@@ -19,13 +19,19 @@ returns a matrix of the layer's weight shape ``[n_l, n_{l-1}]``. Notation, for t
 Tensors carry a leading batch dimension (1 in the online inner loop); every outer product
 ``a b^T`` is summed over it (``a.T @ b``), as in the reference code.
 
-Which terms are checked: F0 (pseudo-gradient), F2 (error-based Hebbian) and F9 (Oja) were read
-from the reference code (``optim.py``, ``plasticity_rule``: the release keeps exactly these
-three) and REFERENCES.md section 6, and each is held against a hand computation by the tests.
-The other seven terms (F1, F3-F8) could NOT be checked against the paper's table (the paper
-was not available here); they are the remaining local products of the same signals (pre/post
-activity, pre/post error, constant and weight), each marked ``UNCHECKED`` in its docstring.
-Their index in the pool therefore need not match the paper's numbering.
+Which terms are checked, and against what: the paper's table of its ten terms could not be
+read here, so every term is checked against the reference code (NeuralDynamicsAndComputing/
+MetaLearning-Plasticity, ``optim.py``, ``generic_rule``; the history of that repository keeps
+the whole pool). Its "learning rule template" (commit 476ae40, 2022-02-19) holds exactly our
+F0-F8: the pseudo-gradient ``lr``, ``-y_l e_{l-1}^T`` (``tre``, vec '1'), ``-y_l y_{l-1}^T``
+('2'), ``-e_l e_{l-1}^T`` ('3'), ``-y_l 1^T`` ('4'), ``-1 y_{l-1}^T`` ('5'), ``-e_l 1^T`` ('6'),
+``-1 e_{l-1}^T`` ('7') and the decay ``W <- (1 - exp(dr)) W`` (``dr``); Oja (F9) was added in
+commit e441d68 (vec '12') and its sign fixed to plus in 9ae134f; the release (v1.0.0,
+``plasticity_rule``) keeps F0, F2, F9 under the paper's numbers. Like the reference, every term
+but Oja's enters with a minus sign (``p.update -= theta * X``). The order F0..F9 is ours: the
+reference code numbers them differently (its vec '3' is the paper's F2, '12' the paper's F9),
+and only F0, F2 and F9 are known to carry the paper's numbers. Each term is also held against an
+element-by-element hand computation by the tests (``tests/test_meta.py``).
 
 Register a new term with ``@TERMS.register("name", index=r)``; ``create_terms`` accepts names
 or ``"F<r>"``.
@@ -123,61 +129,94 @@ def resolve_terms(keys: Sequence[str]) -> Tuple[Term, ...]:
 
 @TERMS.register("pseudo_grad", 0, checked=True)
 def pseudo_grad(s: TermInputs) -> torch.Tensor:
-    """F0 = -e_l y_{l-1}^T (pseudo-gradient; with B = W it is minus the gradient of the CE)."""
+    """F0 = -e_l y_{l-1}^T (pseudo-gradient; with B = W it is minus the gradient of the CE).
+
+    Checked against the reference code (release ``optim.py:plasticity_rule``)."""
     return -(s.post_err.T @ s.pre)
 
 
-@TERMS.register("post_act_pre_err", 1)
+@TERMS.register("post_act_pre_err", 1, checked=True)
 def post_act_pre_err(s: TermInputs) -> torch.Tensor:
-    """F1 = -y_l e_{l-1}^T (UNCHECKED against the paper's table)."""
+    """F1 = -y_l e_{l-1}^T (postsynaptic activity x presynaptic error).
+
+    Checked against the reference code (``optim.py:generic_rule``, vec '1', ``tre``, commits
+    476ae40-f27a297): ``p.update -= tre * activation[i + 1].T @ e[i]``."""
     return -(s.post.T @ s.pre_err)
 
 
 @TERMS.register("error_hebb", 2, checked=True)
 def error_hebb(s: TermInputs) -> torch.Tensor:
-    """F2 = -e_l e_{l-1}^T (error-based Hebbian)."""
+    """F2 = -e_l e_{l-1}^T (error-based Hebbian).
+
+    Checked against the reference code (release ``optim.py:plasticity_rule``, vec '2'; vec '3'
+    in the older ``generic_rule``)."""
     return -(s.post_err.T @ s.pre_err)
 
 
-@TERMS.register("hebb", 3)
+@TERMS.register("hebb", 3, checked=True)
 def hebb(s: TermInputs) -> torch.Tensor:
-    """F3 = y_l y_{l-1}^T (plain Hebbian; UNCHECKED against the paper's table)."""
-    return s.post.T @ s.pre
+    """F3 = -y_l y_{l-1}^T (plain Hebbian, with the reference's minus sign).
+
+    Checked against the reference code (``optim.py:generic_rule`` at commit 476ae40, vec '2',
+    ``fur``): ``p.update -= fur * activation[i + 1].T @ activation[i]``. (Until this check the
+    term was ``+y_l y_{l-1}^T``; the sign only flips the sign of the learned theta_3.)"""
+    return -(s.post.T @ s.pre)
 
 
-@TERMS.register("post_err", 4)
+@TERMS.register("post_err", 4, checked=True)
 def post_err(s: TermInputs) -> torch.Tensor:
-    """F4 = -e_l 1^T (postsynaptic error alone; UNCHECKED against the paper's table)."""
+    """F4 = -e_l 1^T (postsynaptic error alone).
+
+    Checked against the reference code (``optim.py:generic_rule``, vec '6', ``eit``, commits
+    476ae40-f27a297): ``p.update -= eit * e[i + 1].T.repeat(1, p.shape[1])``."""
     return -(s.post_err.sum(0)[:, None].expand_as(s.weight))
 
 
-@TERMS.register("pre_err", 5)
+@TERMS.register("pre_err", 5, checked=True)
 def pre_err(s: TermInputs) -> torch.Tensor:
-    """F5 = -1 e_{l-1}^T (presynaptic error alone; UNCHECKED against the paper's table)."""
+    """F5 = -1 e_{l-1}^T (presynaptic error alone).
+
+    Checked against the reference code (``optim.py:generic_rule``, vec '7', ``nin``, commits
+    476ae40-f27a297): ``p.update -= nin * e[i].repeat(p.shape[0], 1)``."""
     return -(s.pre_err.sum(0)[None, :].expand_as(s.weight))
 
 
-@TERMS.register("post_act", 6)
+@TERMS.register("post_act", 6, checked=True)
 def post_act(s: TermInputs) -> torch.Tensor:
-    """F6 = y_l 1^T (postsynaptic activity alone; UNCHECKED against the paper's table)."""
-    return s.post.sum(0)[:, None].expand_as(s.weight)
+    """F6 = -y_l 1^T (postsynaptic activity alone, with the reference's minus sign).
+
+    Checked against the reference code (``optim.py:generic_rule`` at commit 476ae40, vec '4',
+    ``six``): ``p.update -= six * activation[i + 1].T.repeat(1, p.shape[1])``. (Was ``+y_l 1^T``.)"""
+    return -(s.post.sum(0)[:, None].expand_as(s.weight))
 
 
-@TERMS.register("pre_act", 7)
+@TERMS.register("pre_act", 7, checked=True)
 def pre_act(s: TermInputs) -> torch.Tensor:
-    """F7 = 1 y_{l-1}^T (presynaptic activity alone; UNCHECKED against the paper's table)."""
-    return s.pre.sum(0)[None, :].expand_as(s.weight)
+    """F7 = -1 y_{l-1}^T (presynaptic activity alone, with the reference's minus sign).
+
+    Checked against the reference code (``optim.py:generic_rule`` at commit 476ae40, vec '5',
+    ``svn``): ``p.update -= svn * activation[i].repeat(p.shape[0], 1)``. (Was ``+1 y_{l-1}^T``.)"""
+    return -(s.pre.sum(0)[None, :].expand_as(s.weight))
 
 
-@TERMS.register("decay", 8)
+@TERMS.register("decay", 8, checked=True)
 def decay(s: TermInputs) -> torch.Tensor:
-    """F8 = -W (weight decay; UNCHECKED against the paper's table)."""
+    """F8 = -W (weight decay).
+
+    Checked against the reference code (``optim.py:generic_rule``, commits 476ae40-f27a297):
+    ``params[k] = (1 - torch.exp(dr)) * p + p.update``, i.e. the same term with the coefficient
+    parametrised as ``theta_8 = exp(dr) > 0`` (started at 5e-5 there). Here theta_8 is a plain
+    coefficient like the others (it starts at 0 and may change sign); this difference is kept on
+    purpose so that every term is meta-learned the same way."""
     return -s.weight
 
 
 @TERMS.register("oja", 9, checked=True)
 def oja(s: TermInputs) -> torch.Tensor:
-    """F9 = y_l y_{l-1}^T - y_l y_l^T W (Oja), computed as y_l (y_{l-1} - W^T y_l)^T."""
+    """F9 = y_l y_{l-1}^T - y_l y_l^T W (Oja), computed as y_l (y_{l-1} - W^T y_l)^T.
+
+    Checked against the reference code (release ``optim.py:plasticity_rule``, vec '9', with the
+    plus sign of commit 9ae134f)."""
     # y^T (pre - post W) equals post^T pre - (post^T post) W summed over the batch, without the
     # n_l x n_l matrix (170 x 170 x 784 multiply-adds a step for the first layer).
     return s.post.T @ (s.pre - s.post @ s.weight)
