@@ -745,6 +745,9 @@ def results_markdown() -> str:
             "10 meta-test episodes a seed and phase; CPU shared by several agents; figure `benchmarks/results/meta_plasticity.png`; "
             "rows of earlier, unlike schedules are kept in `meta_plasticity_superseded.jsonl`)\n\n"
             + meta_plasticity_table()
+            + "\nSame schedule (48 episodes, `meta.term_lr=auto`, the same seeds and meta-test episodes), every arm at a "
+            "smaller meta learning rate, Adam 3e-4 (`benchmarks/results/meta_plasticity_lr3e-4.jsonl`)\n\n"
+            + meta_plasticity_table("meta_plasticity_lr3e-4.jsonl")
             + "\n**Meta-learned plasticity: each term against the reference code** (`benchmarks/results/meta_terms_fidelity.jsonl`, "
             "from `benchmarks/meta_terms_fidelity.py`; the reference's own functions on the same weights, activations "
             "and errors, float64, one coefficient 0.37)\n\n"
