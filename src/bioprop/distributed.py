@@ -32,6 +32,7 @@ Uses nothing of bioprop (a bottom-floor module).
 
 from __future__ import annotations
 
+import atexit
 import os
 from datetime import timedelta
 from typing import Any, Iterable, List, Optional, Sequence, Tuple
@@ -107,7 +108,15 @@ def init_from_env(device: str = "auto", timeout_s: float = 600.0) -> torch.devic
         torch.cuda.set_device(dev)
     backend = "nccl" if dev.type == "cuda" else "gloo"
     dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+    # leave the group before the interpreter tears down: a group still alive at exit can abort the
+    # process from the backend's threads ("terminate called without an active exception")
+    atexit.register(_leave_group)
     return dev
+
+
+def _leave_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def shard_range(n: int, r: Optional[int] = None, world: Optional[int] = None) -> Tuple[int, int]:
