@@ -130,6 +130,22 @@ def test_nan_input_to_a_spiking_net_stops_the_run_though_its_loss_stays_finite(t
     assert not (t.run_dir / "checkpoints").exists()
 
 
+def _nan_gradient_at(t, monkeypatch, at_step, param="layers.1.0.weight"):
+    """Make the rule's step ``at_step`` leave a NaN in one gradient entry; returns the step log."""
+    real_step, calls = t.rule.step, []
+
+    def step(model, x, y, loss_fn, scaler=None):
+        out = real_step(model, x, y, loss_fn, scaler)
+        calls.append(1)
+        if len(calls) == at_step:
+            dict(model.named_parameters())[param].grad[0, 0] = float("nan")
+        return out
+
+    monkeypatch.setattr(t.rule, "step", step)
+    assert param in dict(t.model.named_parameters())
+    return calls
+
+
 @pytest.mark.parametrize("mode", ["step", "check", "auto"])
 def test_nonfinite_gradient_names_the_layer_and_step(tmp_path, monkeypatch, mode):
     """``train.check_gradients=step`` names the exact step of a NaN gradient; ``check`` (and
@@ -137,18 +153,7 @@ def test_nonfinite_gradient_names_the_layer_and_step(tmp_path, monkeypatch, mode
     raw = _raw(tmp_path, f"g{mode}", check_every=3)
     raw["train"]["check_gradients"] = mode
     t = Trainer(RunConfig.from_dict(raw), log=_quiet)
-    real_step, calls = t.rule.step, []
-
-    def step(model, x, y, loss_fn, scaler=None):
-        out = real_step(model, x, y, loss_fn, scaler)
-        calls.append(1)
-        if len(calls) == 2:
-            dict(model.named_parameters())["layers.1.0.weight"].grad[0, 0] = float("nan")
-        return out
-
-    monkeypatch.setattr(t.rule, "step", step)
-    names = [n for n, _ in t.model.named_parameters()]
-    assert "layers.1.0.weight" in names, names
+    calls = _nan_gradient_at(t, monkeypatch, at_step=2)
     # check/auto: the NaN weight makes step 3's loss NaN (flagged every step); the error names the
     # weights that are non-finite by then
     expected = (r"gradient of 'layers.1.0.weight' at epoch 1, step 2 " if mode == "step" else
@@ -163,16 +168,7 @@ def test_nonfinite_gradient_in_check_mode_is_caught_through_the_weight(tmp_path,
     """A NaN gradient at the last step before a check leaves every flag of the steps finite; the
     check's scan of the weights catches it and says how to get the exact step."""
     t = Trainer(_cfg(tmp_path, check_every=3, check_gradients="check"), log=_quiet)
-    real_step, calls = t.rule.step, []
-
-    def step(model, x, y, loss_fn, scaler=None):
-        out = real_step(model, x, y, loss_fn, scaler)
-        calls.append(1)
-        if len(calls) == 3:
-            dict(model.named_parameters())["layers.1.0.weight"].grad[0, 0] = float("nan")
-        return out
-
-    monkeypatch.setattr(t.rule, "step", step)
+    calls = _nan_gradient_at(t, monkeypatch, at_step=3)
     with pytest.raises(NonFiniteError, match=r"weight 'layers.1.0.weight' at the check after epoch 1, "
                                              r"step 3 .*train.check_gradients=step names the exact step"):
         t.fit()
