@@ -33,6 +33,7 @@ Arms:
 - ``ours_bp``: exact backprop (autograd) on the release's forward network (linear convs, tanh FC),
   lr 1e-3 on the batch-sum loss.
 
+Each row also records every weight layer's relative change ``||W_end - W_0|| / ||W_0||``.
 Writes one JSON line per arm to ``benchmarks/results/ekdaa_release.jsonl``.
 """
 
@@ -146,6 +147,7 @@ def run_arm(arm: str, ref: Path, data_dir: str, n_train: int, epochs: int, n_tes
                 if hasattr(layer, "weight_e"):
                     layer.weight_e.copy_(torch.from_numpy(_e(internal.E[idx[l]].numpy(), fl)))
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.85)
+        weights = lambda: [layer.weight.detach().double().numpy().copy() for layer in plan.layers]
 
         def train_step(xb, yb):
             xt_, yt_ = torch.from_numpy(xb.transpose(0, 3, 1, 2).copy()), torch.from_numpy(yb)
@@ -169,6 +171,9 @@ def run_arm(arm: str, ref: Path, data_dir: str, n_train: int, epochs: int, n_tes
                     correct += int((model(xb).argmax(1) == torch.from_numpy(yt[i:i + B])).sum())
             return correct / len(xt)
     else:
+        wl = [i for i, w in enumerate(internal.weights) if w.shape.rank == 2 or w.shape[0] != B]
+        weights = lambda: [np.asarray(internal.weights[i].numpy(), np.float64).copy() for i in wl]
+
         def train_step(xb, yb):
             onehot = np.eye(10, dtype=np.float32)[yb]
             rm.forward(data=xb, is_training=True)
@@ -182,6 +187,7 @@ def run_arm(arm: str, ref: Path, data_dir: str, n_train: int, epochs: int, n_tes
             return float(rm.infer(data=xt, labels=yt, batch_size=B)) / 100.0
 
     rng = np.random.RandomState(seed)
+    w0 = weights()
     curve = []
     t0 = time.perf_counter()
     for ep in range(epochs):
@@ -189,8 +195,8 @@ def run_arm(arm: str, ref: Path, data_dir: str, n_train: int, epochs: int, n_tes
         losses, accs = [], []
         te = time.perf_counter()
         for b in range(len(x) // B):
-            idx = perm[b * B:(b + 1) * B]
-            lo, ac = train_step(x[idx], y[idx])
+            sel = perm[b * B:(b + 1) * B]
+            lo, ac = train_step(x[sel], y[sel])
             losses.append(lo)
             accs.append(ac)
         train_s = time.perf_counter() - te
@@ -205,6 +211,8 @@ def run_arm(arm: str, ref: Path, data_dir: str, n_train: int, epochs: int, n_tes
             "optimizer": "SGD lr 1e-3 momentum 0.85 on batch sums (the release's)", "batch": B, "seed": seed,
             "epochs": epochs, "train_n": n_train, "test_n": n_test, "shortened": True, "recipe_epochs": 500,
             "test_acc": curve[-1]["test_acc"], "selection": "final epoch", "curve": curve,
+            # per weight layer (conv 1-6, FC 1-2): ||W_end - W_0|| / ||W_0||
+            "rel_weight_change": [float(np.linalg.norm(a - b) / np.linalg.norm(b)) for a, b in zip(weights(), w0)],
             "wall_s": time.perf_counter() - t0, "tensorflow": tf.__version__}
 
 
