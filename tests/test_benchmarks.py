@@ -118,3 +118,29 @@ def test_figures_from_other_runs_come_from_published_json_with_their_sources(tmp
     after = tables.pc_speed_table()
     if "No results" not in before:
         assert after != before and "cross-run, not a ratio" in after.splitlines()[0]
+
+def test_ekdaa_table_aggregates_seeds_against_bp_of_the_same_setting(monkeypatch):
+    tables = _module("tables")
+    base = {"config": "configs/ekdaa_fmnist_mlp.yaml", "data": "fashion_mnist", "epochs": 10, "planned_epochs": 10,
+            "recipe_epochs": 10, "train_size": 60000, "model": {"name": "ekdaa_mlp", "activation": "tanh"},
+            "device": "cpu", "commit": "c"}
+
+    def row(rule, seed, acc, **kw):
+        return dict(base, rule=rule, seed=seed, test_acc=acc, **{"overrides": [f"train.seed={seed}"], **kw})
+
+    ek = {"name": "ekdaa", "e_init": "random"}
+    rows = [row({"name": "bp"}, 0, 0.86), row({"name": "bp"}, 1, 0.88), row({"name": "bp"}, 2, 0.87),
+            row(ek, 0, 0.80), row(ek, 1, 0.82), row(ek, 2, 0.78),
+            # the same arms at another lr: a setting of their own, never averaged with the rows above
+            row({"name": "bp"}, 0, 0.50, overrides=["train.seed=0", "optim.lr=0.01"]),
+            row(ek, 0, 0.495, overrides=["train.seed=0", "optim.lr=0.01"])]
+    monkeypatch.setattr(tables, "_rows", lambda name: rows)
+    monkeypatch.setattr(tables, "_rows_release", lambda: [])
+    lines = [l for l in tables.ekdaa_table().splitlines() if l.startswith("| fashion_mnist |")]
+    assert len(lines) == 4
+    bp05, ek05 = [l for l in lines if "| 0.05 |" in l]
+    # means 87.00 and 80.00, sample sd 1.00 and 2.00, gap -7.00: far outside noise
+    assert "| 3 (0, 1, 2) | 87.00 +- 1.00 | 86.00 - 88.00 | - | - |" in bp05
+    assert "| random | - |" in ek05 and "| 3 (0, 1, 2) | 80.00 +- 2.00 | 78.00 - 82.00 | -7.00 | below |" in ek05
+    ek01 = [l for l in lines if "| 0.01 |" in l and "| ekdaa |" in l][0]
+    assert "| 1 (0) | 49.50 | 49.50 - 49.50 | -0.50 | yes (1 seed) |" in ek01
