@@ -652,3 +652,26 @@ def test_minimum_torch_and_one_version_source():
     assert importlib.metadata.version("bioprop") == bioprop.__version__
     readme = (ROOT / "README.md").read_text()
     assert "torch >= 2.1" not in readme and "torch >= 2.3" in readme
+
+
+def test_monitor_reads_a_cpu_scalar_when_watched_not_when_checked():
+    """A CPU scalar (the loss) is flagged by its value at watch time: a buffer reused and
+    overwritten later neither hides nor invents a NaN; flags keep their order with tensor flags."""
+    m = FiniteMonitor()
+    buf = torch.tensor(float("nan"))
+    m.where = "step 1"
+    m.watch("the loss", buf)
+    buf.fill_(1.0)  # the rule reuses its buffer
+    m.where = "step 2"
+    m.watch("the loss", buf)
+    m.watch_tensors("the gradient of", [("w", torch.ones(3))])
+    with pytest.raises(NonFiniteError, match="the loss at step 1"):
+        m.check()
+    m.where = "step 3"
+    m.watch_tensors("the gradient of", [("w", torch.tensor([1.0, float("inf")]))])
+    m.watch("the loss", torch.tensor(float("inf")))
+    with pytest.raises(NonFiniteError, match="gradient of 'w' at step 3"):
+        m.check()
+    m.watch("the loss", buf)
+    m.check()  # finite: no error, flags cleared
+    assert len(m) == 0

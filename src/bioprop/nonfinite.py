@@ -10,7 +10,9 @@ the step, the tensor and, for per-parameter watches, the parameter (layer).
 The trainer watches a whole step with one :meth:`FiniteMonitor.watch_step` call: the input batch,
 the loss and every gradient cost one multi-tensor L2 norm (``torch._foreach_norm``), one stack and
 no synchronisation, whatever the number of layers (the per-call cost, not the arithmetic,
-dominates on small models: on a CPU a separate reduction per tensor costs ~3x as much).
+dominates on small models: on a CPU a separate reduction per tensor costs ~3x as much). CPU
+scalars (the loss on a CPU) are read at once into host floats: no synchronisation to avoid there,
+and fewer calls than a stack.
 ``benchmarks/nonfinite_overhead.py`` measures it. (``isfinite().all()`` would be ~100x slower on
 a CPU.)
 
@@ -34,8 +36,9 @@ This module uses nothing else of bioprop.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -49,12 +52,19 @@ class NonFiniteError(FloatingPointError):
 @dataclass
 class _Entry:
     where: str                                 # "epoch 2, step 17"
-    values: torch.Tensor                       # 1-d: one reduction per tensor, finite iff it is
+    values: Union[torch.Tensor, List[float]]   # one reduction per tensor, finite iff it is: a 1-d
+    #                                            tensor on the device, or host floats (CPU scalars)
     items: Sequence[Tuple[str, Optional[str], str]]  # per item: (name, parameter or None, hint)
     lo: int = 0                                # this entry's items are values[lo:lo + len(items)]
 
+    @property
+    def device(self) -> torch.device:
+        return self.values.device if isinstance(self.values, torch.Tensor) else torch.device("cpu")
+
     def flags(self) -> torch.Tensor:
-        return self.values[self.lo:self.lo + len(self.items)]
+        if isinstance(self.values, torch.Tensor):
+            return self.values[self.lo:self.lo + len(self.items)]
+        return torch.tensor(self.values[self.lo:self.lo + len(self.items)], dtype=torch.float64)
 
 
 _ACTIVE: List["FiniteMonitor"] = []
@@ -155,8 +165,13 @@ class FiniteMonitor:
                 group[0].append(t)
                 group[1].append((name, item, hint))
                 group[2].append(k < head)
-        for tensors, labels, front in by_dev.values():
-            vals = _reductions(tensors)
+        for dev, (tensors, labels, front) in by_dev.items():
+            if dev.type == "cpu" and all(t.dim() == 0 and t.dtype in _FAST for t in tensors):
+                # CPU scalars (the loss): their value, read now (no synchronisation to avoid on a
+                # CPU, and one call instead of the ~3 of a stack; the tensor may be reused later)
+                vals = [float(t) for t in tensors]
+            else:
+                vals = _reductions(tensors)
             n = sum(front)  # the head items come first in their device's group
             if n and at is not None:
                 self._pending.insert(at, _Entry(self.where, vals, labels[:n]))
@@ -176,9 +191,14 @@ class FiniteMonitor:
             return None
         pending, self._pending = self._pending, []
         by_dev: dict = {}
-        for i, e in enumerate(pending):
-            by_dev.setdefault(e.values.device, []).append(i)
         found = []
+        for i, e in enumerate(pending):
+            if isinstance(e.values, list):  # host floats: checked here, no tensor made
+                bad_j = [j for j, v in enumerate(e.values[e.lo:e.lo + len(e.items)]) if not math.isfinite(v)]
+                if bad_j:
+                    found.append((i, bad_j[0]))
+            else:
+                by_dev.setdefault(e.device, []).append(i)
         for idx in by_dev.values():
             vals = [pending[i].flags() for i in idx]
             bad = ~torch.isfinite(torch.cat([v.double() for v in vals]))
