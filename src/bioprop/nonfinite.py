@@ -158,6 +158,12 @@ class FiniteMonitor:
         input before what the rule watched during the step and the loss and gradients after it."""
         if not self.enabled:
             return
+        t = items[0][2] if len(items) == 1 else None
+        if isinstance(t, torch.Tensor) and t.dim() == 0 and t.dtype in _FAST and t.device.type == "cpu":
+            name, item, _, hint = items[0]  # the common case on a CPU: the loss alone (see below)
+            e = _Entry(self.where, [float(t)], [(name, item, hint)])
+            self._pending.append(e) if at is None or head == 0 else self._pending.insert(at, e)
+            return
         by_dev: dict = {}
         for k, (name, item, t, hint) in enumerate(items):
             if isinstance(t, torch.Tensor) and t.numel() > 0 and (t.is_floating_point() or t.is_complex()):
