@@ -259,3 +259,24 @@ def test_trainer_runs_ekdaa_and_resumes(tmp_path):
     assert not torch.equal(E[0], ekdaa_plan(t.model).layers[1].weight.detach().t())  # E learned
     resumed = Trainer(load_config(None, ov), resume=t.run_dir, log=lambda s: None)
     assert all(torch.equal(a, b) for a, b in zip(resumed.rule.kernels(resumed.model), E))
+
+
+def test_bilinear_targets_with_full_size_conv_updates_warn():
+    """The combination that leaves the release's CNN at chance warns once at prepare, naming the fix;
+    argmax routing, conv_normalize, and models without conv+pool do not."""
+    import warnings as _w
+
+    from bioprop.models import create_model
+    from bioprop.rules import create_rule
+
+    def warns(model_kw, **rule_kw):
+        with _w.catch_warnings(record=True) as rec:
+            _w.simplefilter("always")
+            create_rule("ekdaa", **rule_kw).prepare(create_model(**model_kw))
+        return [str(r.message) for r in rec if "pool_target=argmax" in str(r.message)]
+
+    cnn = dict(name="ekdaa_cnn", in_shape=(3, 8, 8), features=[4, "P"], hidden=[8])
+    assert warns(cnn)
+    assert not warns(cnn, pool_target="argmax")
+    assert not warns(cnn, conv_normalize=True)
+    assert not warns(dict(name="ekdaa_mlp", in_shape=(1, 4, 4), hidden=[8]))

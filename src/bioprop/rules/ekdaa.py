@@ -46,6 +46,7 @@ to ``W^T`` (no side effect on training: no RNG, no state, ``.grad`` untouched).
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Any, Dict, List, Literal, Optional, Tuple
@@ -357,6 +358,13 @@ class EKDAA(Rule):
     def prepare(self, model: nn.Module) -> nn.Module:
         model = super().prepare(model)
         plan = self.plan(model)
+        c = self.config
+        if (c.pool_target == "upsample" and not c.conv_normalize and any(isinstance(m, nn.Conv2d) for m in plan.layers)
+                and any(isinstance(m, nn.MaxPool2d) for b in blocks_of(model) for m in b.modules())):
+            warnings.warn("rule 'ekdaa': bilinear pool targets (pool_target=upsample, the release's) with full-size "
+                          "conv updates (conv_normalize=false) leave the conv layers' updates ~90 deg from BP's, and "
+                          "the release's CIFAR-10 CNN then stays near chance; set rule.pool_target=argmax or "
+                          "rule.conv_normalize=true (docs/methods/ekdaa.md, Findings)", RuntimeWarning, stacklevel=2)
         for l, layer in enumerate(plan.layers):
             if l == 0 or hasattr(layer, "weight_e"):
                 continue                     # no error passes through E_1; a prepared model keeps its E
