@@ -115,8 +115,19 @@ def init_from_env(device: str = "auto", timeout_s: float = 600.0) -> torch.devic
 
 
 def _leave_group() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    """At exit: wait for the other ranks (a rank that tears its group down while a peer still
+    talks to it aborts the peer), then destroy the group. A peer that died is not waited for
+    longer than a minute."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=timedelta(seconds=60))
+        else:
+            dist.barrier()
+    except Exception:  # noqa: BLE001 - a peer gone: nothing to wait for
+        pass
+    dist.destroy_process_group()
 
 
 def shard_range(n: int, r: Optional[int] = None, world: Optional[int] = None) -> Tuple[int, int]:
