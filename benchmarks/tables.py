@@ -836,6 +836,9 @@ def results_markdown() -> str:
             + "\nSame schedule (48 episodes, `meta.term_lr=auto`, the same seeds and meta-test episodes), every arm at a "
             "smaller meta learning rate, Adam 3e-4 (`benchmarks/results/meta_plasticity_lr3e-4.jsonl`)\n\n"
             + meta_plasticity_table("meta_plasticity_lr3e-4.jsonl")
+            + "\nTwice as long: 96 episodes at Adam 3e-4 (`meta.term_lr=auto`, the same seeds and meta-test episodes; "
+            "`benchmarks/results/meta_plasticity_96.jsonl`)\n\n"
+            + meta_plasticity_table("meta_plasticity_96.jsonl")
             + "\n**Meta-learned plasticity: each term against the reference code** (`benchmarks/results/meta_terms_fidelity.jsonl`, "
             "from `benchmarks/meta_terms_fidelity.py`; the reference's own functions on the same weights, activations "
             "and errors, float64, one coefficient 0.37)\n\n"
