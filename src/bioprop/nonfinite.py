@@ -10,9 +10,9 @@ the step, the tensor and, for per-parameter watches, the parameter (layer).
 The trainer watches a whole step with one :meth:`FiniteMonitor.watch_step` call: the input batch,
 the loss and every gradient cost one multi-tensor L2 norm (``torch._foreach_norm``), one stack and
 no synchronisation, whatever the number of layers (the per-call cost, not the arithmetic,
-dominates on small models: on a CPU a separate reduction per tensor costs ~3x as much). CPU
-scalars (the loss on a CPU) are read at once into host floats: no synchronisation to avoid there,
-and fewer calls than a stack.
+dominates on small models: on a CPU a separate reduction per tensor costs ~3x as much). A lone
+CPU scalar (the loss on a CPU) is read at once into a host float: no synchronisation to avoid
+there, and fewer calls than a stack.
 ``benchmarks/nonfinite_overhead.py`` measures it. (``isfinite().all()`` would be ~100x slower on
 a CPU.)
 
@@ -160,9 +160,15 @@ class FiniteMonitor:
             return
         t = items[0][2] if len(items) == 1 else None
         if isinstance(t, torch.Tensor) and t.dim() == 0 and t.dtype in _FAST and t.device.type == "cpu":
-            name, item, _, hint = items[0]  # the common case on a CPU: the loss alone (see below)
+            # the common case on a CPU, every step: the loss alone. Its value is read now (there is
+            # no synchronisation to avoid on a CPU, and it is one call instead of the ~3 of a stack;
+            # reading it now also keeps the value if the tensor's buffer is reused later)
+            name, item, _, hint = items[0]
             e = _Entry(self.where, [float(t)], [(name, item, hint)])
-            self._pending.append(e) if at is None or head == 0 else self._pending.insert(at, e)
+            if at is not None and head:
+                self._pending.insert(at, e)
+            else:
+                self._pending.append(e)
             return
         by_dev: dict = {}
         for k, (name, item, t, hint) in enumerate(items):
@@ -171,13 +177,8 @@ class FiniteMonitor:
                 group[0].append(t)
                 group[1].append((name, item, hint))
                 group[2].append(k < head)
-        for dev, (tensors, labels, front) in by_dev.items():
-            if dev.type == "cpu" and all(t.dim() == 0 and t.dtype in _FAST for t in tensors):
-                # CPU scalars (the loss): their value, read now (no synchronisation to avoid on a
-                # CPU, and one call instead of the ~3 of a stack; the tensor may be reused later)
-                vals = [float(t) for t in tensors]
-            else:
-                vals = _reductions(tensors)
+        for tensors, labels, front in by_dev.values():
+            vals = _reductions(tensors)
             n = sum(front)  # the head items come first in their device's group
             if n and at is not None:
                 self._pending.insert(at, _Entry(self.where, vals, labels[:n]))
