@@ -84,6 +84,20 @@ class _MomentumSGD:
             w.assign_add(self.v[key])
 
 
+#: the release's layer options in every model we build with it (Glorot init, no bias, no dropout)
+GLOROT = dict(w_init="glorot_uniform", use_bias=False, b_init="glorot_uniform", dropout=0.0)
+
+
+def add_conv_stack(m, features) -> None:
+    """Add the release's VGG-style conv stack to its model ``m``: an int = a 3x3 tanh conv with that
+    many filters, ``"P"`` = a 2x2 max-pool."""
+    for f in features:
+        if f == "P":
+            m.add_maxpool(kernel=2, stride=2)
+        else:
+            m.add_conv(filters=f, filter_size=3, activation="tanh", **GLOROT)
+
+
 def _ref_model(case: str, ref: Path):
     sys.path.insert(0, str(ref))
     import tensorflow as tf
@@ -93,19 +107,14 @@ def _ref_model(case: str, ref: Path):
     from library.learning_mechs import Learning_Mechs
 
     m = FNN("fidelity", 0)
-    g = dict(w_init="glorot_uniform", use_bias=False, b_init="glorot_uniform", dropout=0.0)
+    g = GLOROT
     if case == "mlp":
         m.add_input(input_shape=(B, 784))
         m.add_fc(nodes=64, activation="tanh", **g)
         m.add_fc(nodes=32, activation="tanh", **g)
     else:
         m.add_input(input_shape=(B, 32, 32, 3))
-        convs = [8, "P", 16, "P"] if case == "cnn_pool" else [8, 8, "P", 8, 16, "P"]
-        for f in convs:
-            if f == "P":
-                m.add_maxpool(kernel=2, stride=2)
-            else:
-                m.add_conv(filters=f, filter_size=3, activation="tanh", **g)
+        add_conv_stack(m, [8, "P", 16, "P"] if case == "cnn_pool" else [8, 8, "P", 8, 16, "P"])
         m.flatten()
         m.add_fc(nodes=32, activation="tanh", **g)
     m.add_fc(nodes=10, activation="softmax", **g)

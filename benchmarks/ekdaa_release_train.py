@@ -86,16 +86,12 @@ def _release_model(ref: Path, seed: int, bp: bool = False):
     from library.FNN import FNN
     from library.learning_mechs import Learning_Mechs
 
-    from ekdaa_fidelity import _MomentumSGD
+    from ekdaa_fidelity import GLOROT as g
+    from ekdaa_fidelity import _MomentumSGD, add_conv_stack
 
     m = FNN("eg_model", 0)
-    g = dict(w_init="glorot_uniform", use_bias=False, b_init="glorot_uniform", dropout=0.0)
     m.add_input(input_shape=(B, 32, 32, 3))
-    for f in FEATURES:
-        if f == "P":
-            m.add_maxpool(kernel=2, stride=2)
-        else:
-            m.add_conv(filters=f, filter_size=3, activation="tanh", **g)
+    add_conv_stack(m, FEATURES)
     m.flatten()
     m.add_fc(nodes=128, activation="tanh", **g)
     m.add_fc(nodes=10, activation="softmax", **g)
