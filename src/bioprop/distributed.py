@@ -180,12 +180,11 @@ def _comm_device(params: Sequence[torch.Tensor]) -> torch.device:
 
 
 def all_reduce_sum(values: Sequence[torch.Tensor]) -> List[torch.Tensor]:
-    """Sum each tensor of ``values`` over ranks (returns new tensors; identity when not distributed)."""
-    out = [v.detach().clone() for v in values]
-    if is_distributed():
-        for v in out:
-            dist.all_reduce(v, op=dist.ReduceOp.SUM)
-    return out
+    """Sum each tensor of ``values`` over ranks (new tensors, detached; copies when not distributed).
+    Through :func:`all_reduce`, so host tensors are moved for NCCL as there."""
+    if not is_distributed():
+        return [v.detach().clone() for v in values]
+    return [all_reduce(v) for v in values]
 
 
 def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
